@@ -1,0 +1,113 @@
+"""File helpers shared by the stages: atomic outputs, stable hashes, JSON and parquet."""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HASH_CHUNK = 1 << 20
+
+
+def stable_hash(*parts: object) -> str:
+    """Hex digest that depends only on the parts' text: the same on every machine and run."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(str(part).encode())
+        digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+def unit_interval(*parts: object) -> float:
+    """Map the parts to a number in [0, 1): a seeded coin that ignores order and worker count."""
+    return int(stable_hash(*parts)[:16], 16) / 2**64
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `path` only if the block completes.
+
+    A killed stage leaves at most a hidden `.name.tmp-PID` sibling, never a half-written output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        remove(stale)
+    temporary = _temporary_sibling(path)
+    temporary.mkdir()
+    try:
+        yield temporary
+    except BaseException:
+        remove(temporary)
+        raise
+    remove(path)
+    temporary.rename(path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, dump_json(obj))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_parquet(path: Path, schema: pa.Schema, rows: Iterable[dict], batch_size: int = 2048) -> int:
+    """Stream rows into a parquet file in batches (flat memory); return the number written."""
+    count = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        batch: list[dict] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == batch_size:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                count += len(batch)
+                batch = []
+        if batch or count == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            count += len(batch)
+    return count
+
+
+def read_parquet(path: Path, batch_size: int = 2048) -> Iterator[dict]:
+    """Stream rows of a parquet file as dicts, one record batch at a time."""
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=batch_size):
+        yield from batch.to_pylist()

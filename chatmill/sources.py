@@ -1,0 +1,133 @@
+"""The `sources` section of params.yaml: checked as a whole up front; each uri told apart by where it lives.
+
+    sources:
+      NAME: {uri, format, sha256 (optional), trim, weight}
+
+A uri is a repo-relative path, an http(s):// URL, or hf://datasets/OWNER/NAME[@REV]/PATH.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from chatmill.errors import ChatmillError
+from chatmill.formats import parser_for
+from chatmill.params import require
+
+KEYS = ("uri", "format", "sha256", "trim", "weight")
+# Names become folders under data/raw/, next to manifest.json: no dots, no slashes.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+HUB_DATASET = re.compile(r"hf://datasets/(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?/(?P<path>.+)")
+URI_FORMS = "a repo-relative path, an http(s):// URL or hf://datasets/OWNER/NAME[@REV]/PATH"
+
+
+@dataclass(frozen=True)
+class LocalPath:
+    path: str
+
+    @property
+    def file_name(self) -> str:
+        return PurePosixPath(self.path).name
+
+
+@dataclass(frozen=True)
+class HttpUrl:
+    url: str
+
+    @property
+    def file_name(self) -> str:
+        return PurePosixPath(unquote(urlsplit(self.url).path)).name
+
+
+@dataclass(frozen=True)
+class HubFile:
+    repo_id: str
+    revision: str
+    path_in_repo: str
+
+    @property
+    def file_name(self) -> str:
+        return PurePosixPath(self.path_in_repo).name
+
+
+Location = LocalPath | HttpUrl | HubFile
+
+
+def parse_uri(uri: str) -> Location:
+    """Tell where a source lives; ValueError (saying which forms are accepted) for anything else."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme == "":
+        location: Location = LocalPath(uri)
+    elif scheme in ("http", "https"):
+        location = HttpUrl(uri)
+    elif scheme == "hf":
+        match = HUB_DATASET.fullmatch(uri)
+        if match is None:
+            raise ValueError(f"{uri!r} is not of the form hf://datasets/OWNER/NAME[@REV]/PATH")
+        # A revision such as refs/pr/1 is written percent-encoded (refs%2Fpr%2F1), as huggingface_hub does.
+        revision = unquote(match["revision"] or "main")
+        location = HubFile(match["repo_id"], revision, match["path"])
+    else:
+        raise ValueError(f"{uri!r} has unsupported scheme '{scheme}'; use {URI_FORMS}")
+    # The file keeps its name in data/raw/, and the readers pick the container by its extension.
+    if location.file_name in ("", ".", ".."):
+        raise ValueError(f"{uri!r} does not end in a file name")
+    return location
+
+
+def validate_sources(sources: Any) -> dict[str, dict[str, Any]]:
+    """Check the whole sources section before anything is fetched; return it sorted by name.
+
+    Every problem is a one-line ChatmillError naming its key. sha256 comes back lower-case (or None).
+    """
+    if not isinstance(sources, dict):
+        raise ChatmillError("params.yaml: sources must be a mapping of NAME: {uri, format, trim, weight}")
+    if not sources:
+        raise ChatmillError("params.yaml: sources is empty; add at least one source")
+    validated = {}
+    for name in sorted(sources, key=str):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ChatmillError(f"params.yaml: source name {name!r} must be letters, digits, _ and - only")
+        validated[name] = _validate_source(name, sources[name])
+    if not any(source["weight"] > 0 for source in validated.values()):
+        raise ChatmillError(
+            "params.yaml: all sources have weight 0; give at least one source a positive weight"
+        )
+    return validated
+
+
+def _validate_source(name: str, source: Any) -> dict[str, Any]:
+    where = f"sources.{name}"
+    if not isinstance(source, dict):
+        raise ChatmillError(f"params.yaml: {where} must be a mapping with keys uri, format, trim, weight")
+    # Unknown keys first: a misspelt `sha265` would otherwise silently turn verification off.
+    unknown = sorted(set(source) - set(KEYS), key=str)
+    if unknown:
+        names = ", ".join(map(str, unknown))
+        raise ChatmillError(f"params.yaml: {where} has unknown key(s) {names}; known: {', '.join(KEYS)}")
+
+    uri = require(source, "uri", where, str)
+    try:
+        parse_uri(uri)
+    except ValueError as error:
+        raise ChatmillError(f"params.yaml: {where}.uri {error}") from None
+    parser_for(require(source, "format", where, str), name)
+    require(source, "trim", where, bool)
+    # Not `require(..., (int, float))`: it would let a bool through as a number.
+    weight = require(source, "weight", where)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not math.isfinite(weight)
+        or weight < 0
+    ):
+        raise ChatmillError(f"params.yaml: {where}.weight must be a number >= 0, got {weight!r}")
+
+    sha256 = source.get("sha256")
+    if sha256 is not None and not (isinstance(sha256, str) and SHA256.fullmatch(sha256)):
+        raise ChatmillError(f"params.yaml: {where}.sha256 must be 64 hex characters, got {sha256!r}")
+    return {**source, "sha256": sha256.lower() if sha256 else None}

@@ -1,0 +1,176 @@
+"""clean: raw source files -> canonical conversations, normalised and exact-deduplicated.
+
+Reads data/raw (manifest.json tells which file belongs to which source) and the `sources` and
+`clean` params. Writes data/clean/conversations.parquet, quarantine.jsonl (every malformed record
+with its reason and raw text) and stats.json, where in == out + dropped + quarantined.
+"""
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.progress import Progress
+
+from chatmill.errors import ChatmillError, exit_on_error
+from chatmill.formats import ParsedRecord, RawRecord, RecordError, iter_records, parser_for
+from chatmill.io import atomic_dir, read_json, write_json, write_parquet
+from chatmill.params import load_params, require
+from chatmill.schema import CONVERSATION_SCHEMA, USER_NAME, Conversation, make_conversation
+from chatmill.sources import validate_sources
+from chatmill.stats import StageStats
+
+RAW_DIR = Path("data/raw")
+OUT_DIR = Path("data/clean")
+
+PLACEHOLDERS = re.compile(r"\{\{(char|user)\}\}|<(BOT|USER)>", re.IGNORECASE)
+SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+BLANK_LINES = re.compile(r"\n{3,}")
+# Zero-width space, word joiner, BOM and control characters. ZWJ/ZWNJ stay: emoji and scripts need them.
+INVISIBLE = re.compile(r"[\u200b\u2060\ufeff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def substitute_placeholders(text: str, bot_name: str) -> str:
+    """PIPPA writes the character as {{char}} and the user as {{user}}."""
+
+    def name_for(match: re.Match) -> str:
+        kind = (match.group(1) or match.group(2)).lower()
+        return bot_name if kind in ("char", "bot") else USER_NAME
+
+    return PLACEHOLDERS.sub(name_for, text)
+
+
+def normalize_text(text: str) -> str:
+    """NFC, one newline convention, no invisible control characters, single spaces, at most one
+    blank line in a row, no leading or trailing whitespace on any line."""
+    # Invisibles go first: NFC cannot compose across one ("e\u200b\u0301" must end as "\u00e9").
+    text = INVISIBLE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = unicodedata.normalize("NFC", text)
+    lines = [SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def normalize_record(parsed: ParsedRecord) -> ParsedRecord:
+    """Normalise every text field and remove turns left empty."""
+    bot_name = normalize_text(parsed.bot_name) or "Bot"
+
+    def clean(text: str) -> str:
+        return normalize_text(substitute_placeholders(text, bot_name))
+
+    turns = []
+    for turn in parsed.turns:
+        text = clean(turn["text"])
+        if text:
+            name = bot_name if turn["role"] == "bot" else turn["name"]
+            turns.append({"role": turn["role"], "name": name, "text": text})
+    return ParsedRecord(bot_name, clean(parsed.persona), clean(parsed.scenario), turns, parsed.meta)
+
+
+def to_conversation(raw: RawRecord, source: str, format_name: str) -> Conversation:
+    """One raw record to a canonical conversation; RecordError says why it cannot be one."""
+    if raw.error:
+        raise RecordError(raw.error)
+    parsed = normalize_record(parser_for(format_name, source)(raw.value))
+    conversation = make_conversation(
+        source, parsed.bot_name, parsed.persona, parsed.scenario, parsed.turns, parsed.meta
+    )
+    try:  # a lone surrogate (half an emoji, from a "\ud83d" escape) cannot be written to parquet
+        json.dumps(conversation, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = error.object[error.start : error.end]
+        raise RecordError(f"invalid unicode: {error.reason} ({bad!r})") from None
+    return conversation
+
+
+def drop_reason(conversation: Conversation, seen_ids: set[str]) -> str | None:
+    if not any(turn["role"] == "bot" for turn in conversation["turns"]):
+        return "no_bot_turn"
+    if conversation["id"] in seen_ids:
+        return "duplicate"
+    return None
+
+
+def quarantine_entry(raw: RawRecord, source: str, reason: str) -> dict:
+    # default=str: parquet rows can hold timestamps, bytes or decimals
+    raw_text = (
+        raw.raw
+        if raw.raw is not None
+        else (None if raw.value is None else json.dumps(raw.value, default=str))
+    )
+    return {"source": source, "location": raw.location, "reason": reason, "raw": raw_text}
+
+
+def clean_sources(
+    sources: dict, manifest: dict, raw_dir: Path, quarantine, stats: StageStats
+) -> Iterator[Conversation]:
+    """Stream the kept conversations of all sources (sorted by name, each in file order, so the
+    first copy of a duplicate is kept deterministically); write quarantine lines as they appear."""
+    seen_ids: set[str] = set()
+    per_source: dict[str, Counter] = {}
+    with Progress(transient=True) as progress:
+        for name in sorted(sources):
+            counts = per_source.setdefault(name, Counter())
+            task = progress.add_task(f"clean {name}", total=None)
+            for raw in iter_records(raw_dir / manifest[name]["file"]):
+                stats.records_in += 1
+                counts["in"] += 1
+                progress.advance(task)
+                try:
+                    conversation = to_conversation(raw, name, sources[name]["format"])
+                except RecordError as error:
+                    stats.quarantined += 1
+                    counts["quarantined"] += 1
+                    quarantine.write(
+                        json.dumps(quarantine_entry(raw, name, str(error)), ensure_ascii=False) + "\n"
+                    )
+                    continue
+                reason = drop_reason(conversation, seen_ids)
+                if reason:
+                    stats.drop(reason)
+                    counts[f"dropped_{reason}"] += 1
+                    continue
+                seen_ids.add(conversation["id"])
+                stats.records_out += 1
+                counts["out"] += 1
+                yield conversation
+    stats.extra["sources"] = {name: dict(sorted(counts.items())) for name, counts in per_source.items()}
+
+
+def check_quarantine_share(stats: StageStats, max_fraction: float) -> None:
+    share = stats.quarantined / max(stats.records_in, 1)
+    if share > max_fraction:
+        raise ChatmillError(
+            f"clean: {stats.quarantined} of {stats.records_in} records ({share:.1%}) were quarantined, "
+            f"more than clean.max_quarantine_fraction={max_fraction}; see {OUT_DIR}/quarantine.jsonl"
+        )
+
+
+@exit_on_error
+def main() -> None:
+    params = load_params("sources", "clean")
+    sources = validate_sources(params["sources"])
+    max_fraction = require(params["clean"], "max_quarantine_fraction", "clean", (int, float))
+    manifest = read_json(RAW_DIR / "manifest.json")
+    missing = sorted(set(sources) - set(manifest))
+    if missing:
+        raise ChatmillError(
+            f"clean: {', '.join(missing)} not in {RAW_DIR}/manifest.json; run `dvc repro fetch`"
+        )
+    stats = StageStats()
+    with atomic_dir(OUT_DIR) as out:
+        with open(out / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
+            conversations = clean_sources(sources, manifest, RAW_DIR, quarantine, stats)
+            write_parquet(out / "conversations.parquet", CONVERSATION_SCHEMA, conversations)
+        write_json(out / "stats.json", stats.to_dict())
+    print(
+        f"clean: {stats.records_in} records -> {stats.records_out} conversations, "
+        f"dropped {dict(stats.dropped)}, quarantined {stats.quarantined}"
+    )
+    # Checked after the outputs are complete, so quarantine.jsonl is there to read.
+    check_quarantine_share(stats, max_fraction)
+
+
+if __name__ == "__main__":
+    main()

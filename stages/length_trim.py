@@ -1,0 +1,137 @@
+"""length-trim: drop conversations whose bot replies are too short, with a probability curve.
+
+For each conversation m = median length of its bot replies (trim.unit). P(keep) is 0 for
+m <= threshold, rises along trim.curve to 1 at m >= threshold + ramp. The coin is a hash of
+(trim.seed, conversation id): the same decision in any order, shard or worker count.
+Sources with `trim: false` (instruction data) pass untouched.
+"""
+
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from rich.progress import Progress
+
+from chatmill.errors import ChatmillError, exit_on_error
+from chatmill.io import atomic_dir, atomic_write_text, read_parquet, unit_interval, write_json, write_parquet
+from chatmill.params import load_params, require
+from chatmill.schema import CONVERSATION_SCHEMA, Conversation, bot_turn_texts
+from chatmill.sources import validate_sources
+from chatmill.stats import StageStats
+
+IN_FILE = Path("data/clean/conversations.parquet")
+OUT_DIR = Path("data/trimmed")
+PLOT_FILE = Path("reports/length-trim.csv")
+UNITS = ("words", "chars")
+CURVES = ("linear", "cosine")
+HISTOGRAM_BINS = 24
+
+
+def validate_trim(trim: dict) -> dict:
+    unit = require(trim, "unit", "trim", str)
+    curve = require(trim, "curve", "trim", str)
+    if unit not in UNITS:
+        raise ChatmillError(f"params.yaml: trim.unit is {unit!r}; use one of {', '.join(UNITS)}")
+    if curve not in CURVES:
+        raise ChatmillError(f"params.yaml: trim.curve is {curve!r}; use one of {', '.join(CURVES)}")
+    for key in ("threshold", "ramp"):
+        if require(trim, key, "trim", (int, float)) < 0:
+            raise ChatmillError(f"params.yaml: trim.{key} must be >= 0, got {trim[key]}")
+    require(trim, "enabled", "trim", bool)
+    require(trim, "seed", "trim", int)
+    return trim
+
+
+def median_reply_length(conversation: Conversation, unit: str) -> float:
+    lengths = [len(text.split()) if unit == "words" else len(text) for text in bot_turn_texts(conversation)]
+    return float(statistics.median(lengths)) if lengths else 0.0
+
+
+def keep_probability(median: float, threshold: float, ramp: float, curve: str) -> float:
+    if median <= threshold:
+        return 0.0
+    if median >= threshold + ramp:
+        return 1.0
+    progress = (median - threshold) / ramp
+    return progress if curve == "linear" else (1 - math.cos(math.pi * progress)) / 2
+
+
+def keeps(conversation: Conversation, median: float, trim: dict, source_trimmed: bool) -> bool:
+    if not trim["enabled"] or not source_trimmed:
+        return True
+    probability = keep_probability(median, trim["threshold"], trim["ramp"], trim["curve"])
+    return unit_interval(trim["seed"], conversation["id"]) < probability
+
+
+def histogram_bin_width(trim: dict) -> int:
+    """Bins fine enough to show the ramp, wide enough to reach three times its end."""
+    return max(1, math.ceil(3 * (trim["threshold"] + trim["ramp"]) / HISTOGRAM_BINS))
+
+
+def histogram_csv(before: Counter, after: Counter, bin_width: int) -> str:
+    """Plot data for `dvc plots`: conversations per median-reply-length bin, before and after."""
+    rows = ["median_reply_length,before,after"]
+    for index in range(HISTOGRAM_BINS + 1):
+        rows.append(f"{index * bin_width},{before[index]},{after[index]}")
+    return "\n".join(rows) + "\n"
+
+
+class Trimmer:
+    """Applies the keep decision while streaming and counts what it sees."""
+
+    def __init__(self, trim: dict, sources: dict):
+        self.trim, self.sources = trim, sources
+        self.stats = StageStats()
+        self.per_source: dict[str, Counter] = {}
+        self.bin_width = histogram_bin_width(trim)
+        self.before, self.after = Counter(), Counter()
+
+    def __call__(self, conversations):
+        for conversation in conversations:
+            median = median_reply_length(conversation, self.trim["unit"])
+            source = conversation["source"]
+            counts = self.per_source.setdefault(source, Counter())
+            kept = keeps(conversation, median, self.trim, self.sources[source]["trim"])
+            bin_index = min(int(median // self.bin_width), HISTOGRAM_BINS)
+            self.stats.records_in += 1
+            counts["in"] += 1
+            self.before[bin_index] += 1
+            if kept:
+                self.stats.records_out += 1
+                counts["out"] += 1
+                self.after[bin_index] += 1
+                yield conversation
+            else:
+                self.stats.drop("short_replies")
+
+    def summary(self) -> dict:
+        self.stats.extra["sources"] = {
+            name: {**counts, "trimmed": self.trim["enabled"] and self.sources[name]["trim"]}
+            for name, counts in sorted(self.per_source.items())
+        }
+        self.stats.extra["keep_rate"] = round(self.stats.records_out / max(self.stats.records_in, 1), 6)
+        return self.stats.to_dict()
+
+
+@exit_on_error
+def main() -> None:
+    params = load_params("trim", "sources")
+    trim = validate_trim(params["trim"])
+    trimmer = Trimmer(trim, validate_sources(params["sources"]))
+    with atomic_dir(OUT_DIR) as out, Progress(transient=True) as progress:
+        rows = progress.track(read_parquet(IN_FILE), description="length-trim")
+        write_parquet(out / "conversations.parquet", CONVERSATION_SCHEMA, trimmer(rows))
+        summary = trimmer.summary()
+        if summary["out"] == 0:
+            raise ChatmillError(
+                f"length-trim kept 0 of {summary['in']} conversations; lower trim.threshold "
+                f"(now {trim['threshold']} {trim['unit']})"
+            )
+        write_json(out / "stats.json", summary)
+    atomic_write_text(PLOT_FILE, histogram_csv(trimmer.before, trimmer.after, trimmer.bin_width))
+    print(f"length-trim: kept {summary['out']} of {summary['in']} conversations ({summary['keep_rate']:.1%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""The clean stage: normalisation, placeholders, drops, exact dedup, quarantine and the whole stage run."""
+
+import datetime
+import gzip
+import io
+import json
+from pathlib import Path
+
+import clean  # stages/clean.py, on sys.path through tests/conftest.py
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from chatmill.formats import ParsedRecord, RawRecord, RecordError
+from chatmill.schema import USER_NAME
+from chatmill.stats import StageStats
+
+
+def sharegpt(*texts: str, **fields) -> dict:
+    """A sharegpt record whose turns alternate human, gpt, human, ..."""
+    roles = ("human", "gpt")
+    return {"conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(texts)], **fields}
+
+
+def line(record) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+def conversation_of(record: dict, source: str = "logs", format_name: str = "sharegpt"):
+    return clean.to_conversation(RawRecord("x.jsonl:1", value=record), source, format_name)
+
+
+# ---------------------------------------------------------------- normalize_text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("caf\u0065\u0301", "caf\u00e9"),  # NFD -> NFC
+        ("e\u200b\u0301", "\u00e9"),  # NFC after the invisible character between them is gone
+        ("one\r\ntwo\rthree", "one\ntwo\nthree"),
+        ("a\t\tb\u00a0\u00a0c\u2003d\u3000e", "a b c d e"),
+        ("a  \t b", "a b"),
+        ("  padded  \n\tlines\t", "padded\nlines"),
+        ("a\n\n\nb", "a\n\nb"),
+        ("a\r\n\r\n\r\n\r\nb", "a\n\nb"),
+        ("a\n \n\t\n\u00a0\nb", "a\n\nb"),  # lines of only whitespace are blank lines too
+        ("a\n\nb", "a\n\nb"),
+        ("zero\u200bwidth\u2060\ufeffers", "zerowidthers"),
+        # ZWNJ and ZWJ are kept: emoji sequences and Persian or Indic text need them
+        ("\U0001f469\u200d\U0001f4bb", "\U0001f469\u200d\U0001f4bb"),
+        ("\x00bell\x07 and\x1b escape\x7f", "bell and escape"),
+        ("\n\n  \u200b  \n", ""),
+    ],
+)
+def test_normalize_text(text, expected):
+    assert clean.normalize_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "e\u200b\u0301 x",
+        " a \u00a0\n\n\n\u200b\n b ",
+        "\r\n\u0301start",
+        "tab\t\u200b\tend\r",
+    ],
+)
+def test_normalize_text_is_idempotent(text):
+    once = clean.normalize_text(text)
+    assert clean.normalize_text(once) == once
+
+
+# ---------------------------------------------------------------- placeholders
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{{char}} waves at {{user}}.", "Aqua waves at You."),
+        ("{{CHAR}} and {{Char}}, {{USER}} and {{uSeR}}", "Aqua and Aqua, You and You"),
+        ("<BOT> greets <user>", "Aqua greets You"),
+        ("{{ char }} {char} {{charlie}}", "{{ char }} {char} {{charlie}}"),
+    ],
+)
+def test_substitute_placeholders(text, expected):
+    assert clean.substitute_placeholders(text, "Aqua") == expected
+
+
+# ---------------------------------------------------------------- normalize_record and to_conversation
+
+
+def test_normalize_record_substitutes_normalises_and_removes_empty_turns():
+    parsed = ParsedRecord(
+        bot_name="  Aqua\u200b ",
+        persona="{{char}} is a  goddess.",
+        scenario="{{user}} meets {{char}}.\r\n",
+        turns=[
+            {"role": "bot", "name": "whatever", "text": "Hi,\u00a0{{user}}!"},
+            {"role": "user", "name": USER_NAME, "text": " \u200b\t"},
+            {"role": "user", "name": USER_NAME, "text": "Hello\r\n\r\n\r\nthere"},
+            {"role": "bot", "name": "Aqua", "text": ""},
+        ],
+        meta={"categories": ["Anime"]},
+    )
+    result = clean.normalize_record(parsed)
+    assert result.bot_name == "Aqua"
+    assert (result.persona, result.scenario) == ("Aqua is a goddess.", "You meets Aqua.")
+    assert result.turns == [
+        {"role": "bot", "name": "Aqua", "text": "Hi, You!"},
+        {"role": "user", "name": USER_NAME, "text": "Hello\n\nthere"},
+    ]
+    assert result.meta == {"categories": ["Anime"]}
+
+
+def test_empty_bot_name_becomes_bot():
+    parsed = ParsedRecord(" \u200b", "", "", [{"role": "bot", "name": "", "text": "{{char}} here"}], {})
+    result = clean.normalize_record(parsed)
+    assert result.bot_name == "Bot"
+    assert result.turns == [{"role": "bot", "name": "Bot", "text": "Bot here"}]
+
+
+def test_to_conversation_builds_the_canonical_row():
+    conversation = conversation_of(sharegpt("Hi  there", "Hello!", id=7), source="fresh")
+    assert conversation["source"] == "fresh"
+    assert conversation["bot_name"] == "Assistant"
+    assert [t["text"] for t in conversation["turns"]] == ["Hi there", "Hello!"]
+    assert json.loads(conversation["meta"]) == {"origin_id": 7}
+    assert len(conversation["id"]) == 24
+
+
+def test_to_conversation_raises_the_container_error_as_the_reason():
+    with pytest.raises(RecordError, match="^invalid json: boom$"):
+        clean.to_conversation(RawRecord("x.jsonl:3", raw="{", error="invalid json: boom"), "logs", "pippa")
+
+
+def test_to_conversation_passes_parser_errors_on():
+    with pytest.raises(RecordError, match="missing field 'conversations'"):
+        conversation_of({"messages": []})
+
+
+def test_lone_surrogate_is_a_record_error_not_a_crash_later():
+    record = json.loads(
+        '{"conversations": [{"from": "human", "value": "hi \\ud83d"}, {"from": "gpt", "value": "hello"}]}'
+    )
+    with pytest.raises(RecordError, match="invalid unicode"):
+        conversation_of(record)
+
+
+# ---------------------------------------------------------------- drop_reason
+
+
+def test_conversation_without_a_bot_turn_is_dropped():
+    only_user = conversation_of(sharegpt("Hello?"))
+    empty_reply = conversation_of(sharegpt("Hello?", " \u200b "))
+    assert clean.drop_reason(only_user, set()) == "no_bot_turn"
+    assert clean.drop_reason(empty_reply, set()) == "no_bot_turn"
+
+
+def test_duplicate_after_normalisation_is_dropped():
+    first = conversation_of(sharegpt("Hi there", "Hello!"))
+    again = conversation_of(sharegpt("  Hi \t there\r\n", "Hello!\u200b"), source="other")
+    assert first["id"] == again["id"]
+    assert clean.drop_reason(first, set()) is None
+    assert clean.drop_reason(again, {first["id"]}) == "duplicate"
+
+
+def test_different_conversations_are_not_duplicates():
+    first = conversation_of(sharegpt("Hi there", "Hello!"))
+    other = conversation_of(sharegpt("Hi there", "Hello!!"))
+    assert clean.drop_reason(other, {first["id"]}) is None
+
+
+# ---------------------------------------------------------------- quarantine_entry
+
+
+def test_quarantine_entry_keeps_the_raw_text():
+    raw = RawRecord("x.jsonl:3", raw='{"n":', error="invalid json: ...")
+    assert clean.quarantine_entry(raw, "logs", "invalid json: ...") == {
+        "source": "logs",
+        "location": "x.jsonl:3",
+        "reason": "invalid json: ...",
+        "raw": '{"n":',
+    }
+
+
+def test_quarantine_entry_of_a_parquet_row_with_a_timestamp():
+    raw = RawRecord("x.parquet:#0", value={"instruction": "Do it.", "when": datetime.datetime(2023, 3, 3)})
+    entry = clean.quarantine_entry(raw, "logs", "missing field 'output'")
+    assert json.loads(entry["raw"]) == {"instruction": "Do it.", "when": "2023-03-03 00:00:00"}
+
+
+# ---------------------------------------------------------------- clean_sources
+
+
+def write_raw(raw_dir: Path, files: dict[str, tuple[str, bytes]]) -> dict:
+    """files: source name -> (file name, content); returns the manifest."""
+    manifest = {}
+    for name, (file_name, content) in files.items():
+        (raw_dir / name).mkdir(parents=True)
+        (raw_dir / name / file_name).write_bytes(content)
+        manifest[name] = {"file": f"{name}/{file_name}"}
+    return manifest
+
+
+def run_clean_sources(tmp_path: Path, sources: dict, files: dict) -> tuple[list, list, StageStats]:
+    manifest = write_raw(tmp_path / "raw", files)
+    quarantine, stats = io.StringIO(), StageStats()
+    kept = list(clean.clean_sources(sources, manifest, tmp_path / "raw", quarantine, stats))
+    return kept, [json.loads(q) for q in quarantine.getvalue().splitlines()], stats
+
+
+def test_first_copy_of_a_duplicate_is_kept_by_source_name_then_file_order(tmp_path):
+    one = line(sharegpt("Hi", "Hello!", id="first"))
+    one_spaced = line(sharegpt("Hi ", "  Hello!", id="second"))
+    one_elsewhere = line(sharegpt("Hi", "Hello!\r\n", id="elsewhere"))
+    two = line(sharegpt("Bye", "See you."))
+    sources = {"b_logs": {"format": "sharegpt"}, "a_logs": {"format": "sharegpt"}}
+    files = {
+        "b_logs": ("b.jsonl", f"{one_elsewhere}\n{two}\n".encode()),
+        "a_logs": ("a.jsonl", f"{one}\n{one_spaced}\n".encode()),
+    }
+    kept, quarantined, stats = run_clean_sources(tmp_path, sources, files)
+    assert [(c["source"], json.loads(c["meta"])) for c in kept] == [
+        ("a_logs", {"origin_id": "first"}),
+        ("b_logs", {}),
+    ]
+    assert quarantined == []
+    assert (stats.records_in, stats.records_out, dict(stats.dropped)) == (4, 2, {"duplicate": 2})
+    assert stats.extra["sources"] == {
+        "a_logs": {"dropped_duplicate": 1, "in": 2, "out": 1},
+        "b_logs": {"dropped_duplicate": 1, "in": 2, "out": 1},
+    }
+
+
+def test_malformed_records_are_quarantined_in_order_with_reason_and_raw(tmp_path):
+    bad_role = line(sharegpt("Hi", "Hello!") | {"conversations": [{"from": "bard", "value": "x"}]})
+    content = f'{line(sharegpt("Hi", "Hello!"))}\n{{"conv\n\n{bad_role}\n'.encode() + b'{"caf\xe9"}\n'
+    kept, quarantined, stats = run_clean_sources(
+        tmp_path, {"logs": {"format": "sharegpt"}}, {"logs": ("logs.jsonl", content)}
+    )
+    assert len(kept) == 1
+    assert [(q["source"], q["location"]) for q in quarantined] == [
+        ("logs", "logs.jsonl:2"),
+        ("logs", "logs.jsonl:4"),
+        ("logs", "logs.jsonl:5"),
+    ]
+    reasons = [q["reason"] for q in quarantined]
+    assert reasons[0].startswith("invalid json: ")
+    assert reasons[1].startswith("messages[0].from is 'bard', expected one of ")
+    assert reasons[2].startswith("invalid utf-8: ")
+    assert [q["raw"] for q in quarantined] == ['{"conv', bad_role, '{"caf\ufffd"}\n']
+    assert (stats.records_in, stats.records_out, stats.quarantined) == (4, 1, 3)
+    assert stats.reconciles()
+
+
+def test_truncated_file_keeps_what_was_read_and_quarantines_the_fault(tmp_path):
+    records = "".join(line(sharegpt(f"Question {i}?", f"Answer {i}.")) + "\n" for i in range(200)).encode()
+    data = gzip.compress(records)
+    kept, quarantined, stats = run_clean_sources(
+        tmp_path, {"logs": {"format": "sharegpt"}}, {"logs": ("logs.jsonl.gz", data[: len(data) - 40])}
+    )
+    assert 0 < len(kept) < 200
+    assert [q["location"] for q in quarantined] == ["logs.jsonl.gz"]
+    assert quarantined[0]["reason"].startswith("unreadable file: EOFError")
+    assert stats.records_in == len(kept) + 1 and stats.reconciles()
+
+
+# ---------------------------------------------------------------- main(): the whole stage
+
+
+PIPPA_GOOD = {
+    "bot_name": "Aqua",
+    "bot_description": "{{char}} is a water goddess.",
+    "categories": ["Anime"],
+    "conversation": [
+        {"message": "Hello, {{user}}!", "is_human": False},
+        {"message": "Hi {{Char}}.", "is_human": True},
+        {"message": "*splashes {{USER}}*", "is_human": False},
+    ],
+}
+PIPPA_SPACED = {
+    **PIPPA_GOOD,
+    "conversation": [
+        {"message": "Hello,  {{user}}!\r\n", "is_human": False},
+        {"message": "Hi\u00a0{{Char}}.", "is_human": True},
+        {"message": "*splashes {{USER}}*\u200b", "is_human": False},
+    ],
+}
+PIPPA_NO_BOT = {"bot_name": "Aqua", "conversation": [{"message": "Anyone there?", "is_human": True}]}
+ALPACA = [
+    {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    {"instruction": "Translate.", "input": "Hallo", "output": "Hello."},
+    {"instruction": "No output here."},
+]
+
+
+def write_stage_inputs(root: Path, max_fraction: float) -> list[str]:
+    """Three sources with good, duplicate, bot-less and malformed records; returns the malformed raw texts."""
+    pippa_bad_json = '{"bot_name": "Aqua", "conversation": ['
+    pippa_no_conversation = line({"bot_name": "Aqua"})
+    pippa = (
+        "\n".join(
+            [
+                line(PIPPA_GOOD),
+                "",
+                pippa_bad_json,
+                pippa_no_conversation,
+                line(PIPPA_SPACED),
+                line(PIPPA_NO_BOT),
+            ]
+        )
+        + "\n"
+    )
+    alpaca = "[\n" + ",\n".join(line(r) for r in ALPACA) + "\n]\n"
+    share_bad_role = line({"conversations": [{"from": "bard", "value": "Hi"}]})
+    fresh = "\n".join([line(sharegpt("How are you?", "Fine, thanks!")), share_bad_role]) + "\n"
+    manifest = write_raw(
+        root / "data" / "raw",
+        {
+            "community_logs": ("pippa.jsonl", pippa.encode()),
+            "instructions": ("alpaca.json", alpaca.encode()),
+            "fresh_logs": ("fresh.jsonl.gz", gzip.compress(fresh.encode(), mtime=0)),
+        },
+    )
+    (root / "data" / "raw" / "manifest.json").write_text(json.dumps(manifest))
+    params = {
+        "sources": {
+            "community_logs": {"uri": "src/pippa.jsonl", "format": "pippa", "trim": True, "weight": 0.7},
+            "instructions": {"uri": "src/alpaca.json", "format": "alpaca", "trim": False, "weight": 0.1},
+            "fresh_logs": {"uri": "src/fresh.jsonl.gz", "format": "sharegpt", "trim": True, "weight": 0.2},
+        },
+        "clean": {"max_quarantine_fraction": max_fraction},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return [pippa_bad_json, pippa_no_conversation, line(ALPACA[2]), share_bad_role]
+
+
+def output_bytes(root: Path) -> dict[str, bytes]:
+    out = root / "data" / "clean"
+    return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+
+def test_main_writes_conversations_quarantine_and_reconciled_stats(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad_raw = write_stage_inputs(tmp_path, max_fraction=0.5)
+    clean.main()
+
+    assert sorted(output_bytes(tmp_path)) == ["conversations.parquet", "quarantine.jsonl", "stats.json"]
+    assert [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".")] == []
+    rows = pq.read_table(tmp_path / "data" / "clean" / "conversations.parquet").to_pylist()
+    assert [row["source"] for row in rows] == ["community_logs", "fresh_logs", "instructions", "instructions"]
+    assert len({row["id"] for row in rows}) == 4
+    aqua = rows[0]
+    assert aqua["persona"] == "Aqua is a water goddess."
+    assert [(t["role"], t["name"], t["text"]) for t in aqua["turns"]] == [
+        ("bot", "Aqua", "Hello, You!"),
+        ("user", "You", "Hi Aqua."),
+        ("bot", "Aqua", "*splashes You*"),
+    ]
+    assert rows[3]["turns"][0]["text"] == "Translate.\n\nHallo"
+
+    quarantine = [json.loads(q) for q in (tmp_path / "data/clean/quarantine.jsonl").read_text().splitlines()]
+    assert all(set(q) == {"source", "location", "reason", "raw"} and q["reason"] for q in quarantine)
+    assert [(q["source"], q["location"]) for q in quarantine] == [
+        ("community_logs", "pippa.jsonl:3"),
+        ("community_logs", "pippa.jsonl:4"),
+        ("fresh_logs", "fresh.jsonl.gz:2"),
+        ("instructions", "alpaca.json:#2"),
+    ]
+    assert sorted(q["raw"] for q in quarantine) == sorted(bad_raw)  # nothing lost
+
+    stats = json.loads((tmp_path / "data/clean/stats.json").read_text())
+    assert (stats["in"], stats["out"], stats["quarantined"]) == (10, 4, 4)
+    assert stats["dropped"] == {"duplicate": 1, "no_bot_turn": 1}
+    assert stats["in"] == stats["out"] + sum(stats["dropped"].values()) + stats["quarantined"]
+    assert stats["sources"] == {
+        "community_logs": {
+            "dropped_duplicate": 1,
+            "dropped_no_bot_turn": 1,
+            "in": 5,
+            "out": 1,
+            "quarantined": 2,
+        },
+        "fresh_logs": {"in": 2, "out": 1, "quarantined": 1},
+        "instructions": {"in": 3, "out": 2, "quarantined": 1},
+    }
+    for name, counts in stats["sources"].items():
+        dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
+        assert counts["in"] == counts.get("out", 0) + dropped + counts.get("quarantined", 0), name
+
+
+def test_main_twice_gives_byte_identical_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_stage_inputs(tmp_path, max_fraction=0.5)
+    clean.main()
+    first = output_bytes(tmp_path)
+    clean.main()
+    assert output_bytes(tmp_path) == first
+
+
+def test_main_fails_when_too_much_is_quarantined_but_leaves_quarantine_to_read(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_stage_inputs(tmp_path, max_fraction=0.25)
+    with pytest.raises(SystemExit) as exit_info:
+        clean.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: clean: 4 of 10 records (40.0%) were quarantined")
+    assert "clean.max_quarantine_fraction=0.25" in err and "quarantine.jsonl" in err
+    assert len((tmp_path / "data/clean/quarantine.jsonl").read_text().splitlines()) == 4
+
+
+def test_main_at_exactly_the_quarantine_limit_succeeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_stage_inputs(tmp_path, max_fraction=0.4)
+    clean.main()
+    assert json.loads((tmp_path / "data/clean/stats.json").read_text())["quarantined"] == 4

@@ -1,0 +1,492 @@
+"""Source containers (jsonl, JSON array, parquet; gzip and zstd) and record formats.
+
+The readers' contract: every record in file order, and a bad record or a truncated/corrupt file becomes
+an error record (with the raw text where there is one), never an exception.
+"""
+
+import datetime
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+import chatmill.formats as formats
+from chatmill.errors import ChatmillError
+from chatmill.formats import (
+    ASSISTANT_NAME,
+    ASSISTANT_PERSONA,
+    RecordError,
+    iter_records,
+    parse_alpaca,
+    parse_openai,
+    parse_pippa,
+    parse_sharegpt,
+    parser_for,
+)
+from chatmill.schema import USER_NAME
+
+JSONL = b'{"n": 1}\n{"n": 2}\n{"n": 3}\n'
+
+
+def write(path: Path, content: bytes | str) -> Path:
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def values(path: Path) -> list:
+    records = list(iter_records(path))
+    assert [r.error for r in records] == [None] * len(records)
+    return [r.value for r in records]
+
+
+def zst(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def lines_of(count: int) -> bytes:
+    return b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * 40) for i in range(count))
+
+
+# ---------------------------------------------------------------- jsonl
+
+
+def test_jsonl_skips_blank_lines_and_handles_bom_and_crlf(tmp_path):
+    path = write(tmp_path / "a.jsonl", b'\xef\xbb\xbf{"n": 1}\r\n\r\n   \n{"n": 2}\r\n{"n": 3}')
+    records = list(iter_records(path))
+    assert [r.value for r in records] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert [r.location for r in records] == ["a.jsonl:1", "a.jsonl:4", "a.jsonl:5"]
+    assert [r.raw for r in records] == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
+    assert all(r.error is None for r in records)
+
+
+def test_jsonl_keeps_a_json_string_holding_a_line_separator(tmp_path):
+    path = write(tmp_path / "a.ndjson", '{"text": "one\u2028two"}\n'.encode())
+    assert values(path) == [{"text": "one\u2028two"}]
+
+
+def test_jsonl_bad_lines_become_error_records_and_reading_goes_on(tmp_path):
+    path = write(tmp_path / "a.jsonl", b'{"n": 1}\n{"text": "caf\xe9"}\n{"n": \n{"n": 4}\n')
+    good1, bad_utf8, bad_json, good4 = iter_records(path)
+    assert (good1.value, good4.value, good4.location) == ({"n": 1}, {"n": 4}, "a.jsonl:4")
+    assert bad_utf8.location == "a.jsonl:2"
+    assert bad_utf8.error.startswith("invalid utf-8")
+    assert bad_utf8.raw.startswith('{"text": "caf\ufffd"}')  # kept, with the bad byte made visible
+    assert bad_json.location == "a.jsonl:3"
+    assert bad_json.error.startswith("invalid json")
+    assert bad_json.raw == '{"n":'
+    assert bad_json.value is None
+
+
+# ---------------------------------------------------------------- JSON arrays
+
+
+ARRAY = """\ufeff[
+  {"bot_name": "Ann", "text": "brackets ] and , commas, \\"quotes\\" and \u00e9\u00e8 \U0001f600"},
+  {"nested": {"list": [1, 2.5e-3, -7, true, null, "]"]}},
+  1.25, -3e5, 12345678901234567890, true, false, null, "plain string", [],
+  {"last": "one"}
+]
+"""
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 16])
+def test_json_array_elements_parse_the_same_at_any_chunk_size(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    records = list(iter_records(write(tmp_path / "a.json", ARRAY)))
+    assert [r.value for r in records] == json.loads(ARRAY.lstrip("\ufeff"))
+    assert [r.location for r in records] == [f"a.json:#{i}" for i in range(len(records))]
+    assert all(r.error is None and json.loads(r.raw) == r.value for r in records)
+    assert records[0].raw.startswith('{"bot_name": "Ann"') and records[0].raw.endswith("}")
+
+
+def test_json_array_element_larger_than_the_read_chunk(tmp_path):
+    elements = [{"i": i, "text": "w\u00f6rd " * 9000} for i in range(3)]  # each ~54 K chars, > 64 KiB in all
+    path = write(tmp_path / "big.json", json.dumps(elements, ensure_ascii=False))
+    assert values(path) == elements
+
+
+@pytest.mark.parametrize("text", ["[]", "  [ ]\n", "\ufeff[\r\n]\r\n"])
+def test_empty_json_array_has_no_records(tmp_path, text):
+    assert list(iter_records(write(tmp_path / "a.json", text))) == []
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
+def test_unclosed_json_array_keeps_the_elements_before_the_cut(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    *good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": 2},\n'))
+    assert [r.value for r in good] == [{"n": 1}, {"n": 2}]
+    assert error.location == "a.json:#2"
+    assert error.error == "invalid json: array is not closed (truncated file?)"
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
+def test_json_array_cut_inside_an_element_keeps_that_partial_element_as_raw(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": 2, "text": "cut he'))
+    assert good.value == {"n": 1}
+    assert error.location == "a.json:#1"
+    assert error.error.startswith("invalid json")
+    assert error.raw == '{"n": 2, "text": "cut he'
+
+
+def test_invalid_element_in_a_json_array_loses_nothing(tmp_path):
+    good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": nope}, {"n": 3}]'))
+    assert good.value == {"n": 1}
+    assert error.error.startswith("invalid json")
+    assert error.raw.startswith('{"n": nope}') and '{"n": 3}' in error.raw
+
+
+@pytest.mark.parametrize("text", ['{"n": 1}', '"just a string"', ",[]", "\n  42"])
+def test_json_top_level_that_is_not_an_array_is_one_error_record(tmp_path, text):
+    [record] = iter_records(write(tmp_path / "a.json", text))
+    assert record.location == "a.json"
+    assert record.error == "invalid json: top level is not an array"
+
+
+def test_deeply_nested_json_is_an_error_record_not_a_crash(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    [array_error] = iter_records(write(tmp_path / "a.json", f"[{deep}]"))
+    [line_error] = iter_records(write(tmp_path / "a.jsonl", deep + "\n"))
+    assert array_error.error.startswith("invalid json") and line_error.error.startswith("invalid json")
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
+def test_invalid_utf8_in_a_json_array_spoils_only_its_element(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    path = write(tmp_path / "a.json", b'[{"n": 1}, {"text": "caf\xe9 \xc3\xa9"}, {"n": 3}]')
+    first, bad, last = iter_records(path)
+    assert (first.value, last.value, last.location) == ({"n": 1}, {"n": 3}, "a.json:#2")
+    assert bad.location == "a.json:#1"
+    assert bad.error.startswith("invalid utf-8")
+    assert bad.value is None
+    assert bad.raw == '{"text": "caf\ufffd \u00e9"}'
+
+
+def test_invalid_utf8_outside_a_string_keeps_a_writable_raw(tmp_path):
+    good, bad = iter_records(write(tmp_path / "a.json", b'[{"n": 1}, {"n": 2\xff}, {"n": 3}]'))
+    assert good.value == {"n": 1}
+    assert bad.error.startswith("invalid json")
+    assert bad.raw == '{"n": 2\ufffd}, {"n": 3}]'
+    bad.raw.encode("utf-8")  # no lone surrogates left to break the quarantine file
+
+
+# ---------------------------------------------------------------- parquet
+
+
+def test_parquet_rows_with_nested_lists(tmp_path):
+    rows = [
+        {"bot_name": "Ann", "conversation": [{"message": "hi", "is_human": True}]},
+        {"bot_name": "Bob", "conversation": []},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    records = list(iter_records(tmp_path / "a.parquet"))
+    assert [r.value for r in records] == rows
+    assert [r.location for r in records] == ["a.parquet:#0", "a.parquet:#1"]
+
+
+def test_parquet_timestamps_come_through(tmp_path):
+    stamp = datetime.datetime(2023, 3, 3, 12, 0)
+    pq.write_table(pa.Table.from_pylist([{"t": stamp}]), tmp_path / "a.parquet")
+    assert values(tmp_path / "a.parquet") == [{"t": stamp}]
+
+
+@pytest.mark.parametrize("content", [b"PAR1 not really parquet", b""])
+def test_corrupt_parquet_is_an_error_record(tmp_path, content):
+    [record] = iter_records(write(tmp_path / "a.parquet", content))
+    assert record.location == "a.parquet"
+    assert record.error.startswith("unreadable file")
+
+
+# ---------------------------------------------------------------- gzip and zstd
+
+
+@pytest.mark.parametrize(("name", "compress"), [("a.jsonl.gz", gzip.compress), ("a.JSONL.ZST", zst)])
+def test_compressed_jsonl(tmp_path, name, compress):
+    records = list(iter_records(write(tmp_path / name, compress(JSONL))))
+    assert [r.value for r in records] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert records[0].location == f"{name}:1"
+
+
+@pytest.mark.parametrize(("name", "compress"), [("a.json.gz", gzip.compress), ("a.json.zst", zst)])
+def test_compressed_json_array(tmp_path, name, compress):
+    assert values(write(tmp_path / name, compress(b'[{"n": 1}, {"n": 2}]'))) == [{"n": 1}, {"n": 2}]
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("a.jsonl.zst", [b'{"n": 1}\n', b'{"n": 2}\n{"n": 3}\n', b""]),
+        ("a.json.zst", [b'[{"n": 1}, {"n"', b': 2}, {"n": 3}', b"]"]),
+    ],
+)
+def test_zstd_file_of_several_frames_is_read_to_the_end(tmp_path, name, parts):
+    path = write(tmp_path / name, b"".join(zst(part) for part in parts))
+    assert values(path) == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+def test_zstd_streamed_without_content_size(tmp_path):
+    chunks = zstandard.ZstdCompressor().compressobj()
+    data = chunks.compress(lines_of(300)) + chunks.flush()
+    assert len(values(write(tmp_path / "a.jsonl.zst", data))) == 300
+
+
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [
+        ("a.jsonl.gz", lambda blocks: b"".join(gzip.compress(b) for b in blocks)),
+        ("a.jsonl.zst", lambda blocks: b"".join(zst(b) for b in blocks)),
+    ],
+)
+def test_truncated_compressed_file_yields_good_records_then_one_error(tmp_path, name, frames):
+    data = frames([lines_of(500), lines_of(500)])
+    path = write(tmp_path / name, data[: len(data) - 200])
+    *good, error = iter_records(path)
+    assert len(good) >= 500
+    assert [r.value["n"] for r in good] == [i % 500 for i in range(len(good))]
+    assert all(r.error is None for r in good)
+    assert error.location == name
+    assert error.error.startswith("unreadable file: EOFError")
+
+
+@pytest.mark.parametrize("name", ["a.jsonl.gz", "a.jsonl.zst", "a.json.gz"])
+def test_file_that_is_not_compressed_as_named_is_an_error_record(tmp_path, name):
+    [record] = iter_records(write(tmp_path / name, JSONL))
+    assert record.error.startswith("unreadable file")
+
+
+@pytest.mark.parametrize("name", ["a.csv", "a.txt.gz", "a.jsonl.bz2", "jsonl"])
+def test_unknown_container_is_a_chatmill_error(tmp_path, name):
+    path = write(tmp_path / name, JSONL)
+    with pytest.raises(ChatmillError, match="unknown container"):
+        list(iter_records(path))
+
+
+# ---------------------------------------------------------------- pippa
+
+
+PIPPA = {
+    "bot_name": "Aqua",
+    "bot_definitions": "{{char}} is a goddess.",
+    "bot_description": "A water goddess.",
+    "bot_greeting": "Hello, {{user}}!",
+    "categories": ["Anime"],
+    "submission_timestamp": None,
+    "conversation": [
+        {"message": "Hello, {{user}}!", "is_human": False},
+        {"message": "Hi!", "is_human": True},
+        {"message": "*splashes*", "is_human": False},
+    ],
+}
+
+
+def test_parse_pippa():
+    parsed = parse_pippa(PIPPA)
+    assert (parsed.bot_name, parsed.persona, parsed.scenario) == ("Aqua", "A water goddess.", "")
+    assert parsed.turns == [
+        {"role": "bot", "name": "Aqua", "text": "Hello, {{user}}!"},
+        {"role": "user", "name": USER_NAME, "text": "Hi!"},
+        {"role": "bot", "name": "Aqua", "text": "*splashes*"},
+    ]
+    # None values are left out of meta
+    assert parsed.meta == {
+        "bot_definitions": "{{char}} is a goddess.",
+        "bot_greeting": "Hello, {{user}}!",
+        "categories": ["Anime"],
+    }
+
+
+def test_parse_pippa_without_description_has_an_empty_persona():
+    parsed = parse_pippa({"bot_name": "Aqua", "conversation": []})
+    assert (parsed.persona, parsed.turns, parsed.meta) == ("", [], {})
+
+
+# ---------------------------------------------------------------- sharegpt and openai
+
+
+def test_parse_sharegpt_leading_system_message_becomes_the_persona():
+    parsed = parse_sharegpt(
+        {
+            "id": "abc",
+            "conversations": [
+                {"from": "system", "value": "You are terse."},
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello."},
+                {"from": "system", "value": "Be nicer."},
+                {"from": "user", "value": "Again"},
+                {"from": "assistant", "value": "Hello, friend!"},
+            ],
+        }
+    )
+    assert (parsed.bot_name, parsed.persona, parsed.scenario) == (ASSISTANT_NAME, "You are terse.", "")
+    assert [(t["role"], t["name"], t["text"]) for t in parsed.turns] == [
+        ("user", USER_NAME, "Hi"),
+        ("bot", ASSISTANT_NAME, "Hello."),
+        ("system", "system", "Be nicer."),  # only a leading system message is the persona
+        ("user", USER_NAME, "Again"),
+        ("bot", ASSISTANT_NAME, "Hello, friend!"),
+    ]
+    assert parsed.meta == {"origin_id": "abc"}
+
+
+def test_parse_sharegpt_record_level_bot_name_persona_and_scenario():
+    parsed = parse_sharegpt(
+        {
+            "bot_name": "Rin",
+            "persona": "A shy librarian.",
+            "scenario": "A library.",
+            "conversations": [
+                {"from": "human", "value": "Hi"},
+                {"from": "chatgpt", "value": "...hello."},
+            ],
+        }
+    )
+    assert (parsed.bot_name, parsed.persona, parsed.scenario) == ("Rin", "A shy librarian.", "A library.")
+    assert [(t["role"], t["name"]) for t in parsed.turns] == [("user", USER_NAME), ("bot", "Rin")]
+    assert parsed.meta == {}
+
+
+def test_parse_openai():
+    parsed = parse_openai(
+        {
+            "messages": [
+                {"role": "system", "content": "Answer in French."},
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Bonjour"},
+            ]
+        }
+    )
+    assert (parsed.bot_name, parsed.persona) == (ASSISTANT_NAME, "Answer in French.")
+    assert parsed.turns == [
+        {"role": "user", "name": USER_NAME, "text": "Hello"},
+        {"role": "bot", "name": ASSISTANT_NAME, "text": "Bonjour"},
+    ]
+
+
+# ---------------------------------------------------------------- alpaca
+
+
+def test_parse_alpaca_joins_the_input_into_the_user_turn():
+    parsed = parse_alpaca({"instruction": "Translate to French.", "input": "Good day", "output": "Bonjour"})
+    assert (parsed.bot_name, parsed.persona, parsed.scenario) == (ASSISTANT_NAME, ASSISTANT_PERSONA, "")
+    assert parsed.turns == [
+        {"role": "user", "name": USER_NAME, "text": "Translate to French.\n\nGood day"},
+        {"role": "bot", "name": ASSISTANT_NAME, "text": "Bonjour"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"instruction": "Name a colour.", "output": "Blue"},
+        {"instruction": "Name a colour.", "input": "", "output": "Blue"},
+        {"instruction": "Name a colour.", "input": " \n", "output": "Blue"},
+        {"instruction": "Name a colour.", "input": None, "output": "Blue"},
+    ],
+)
+def test_parse_alpaca_without_input_is_the_instruction_alone(record):
+    assert parse_alpaca(record).turns[0]["text"] == "Name a colour."
+
+
+# ---------------------------------------------------------------- bad records
+
+
+def pippa_with(**changes):
+    return {**PIPPA, **changes}
+
+
+@pytest.mark.parametrize(
+    ("parse", "record", "reason"),
+    [
+        (parse_pippa, [PIPPA], "record is list, expected an object"),
+        (parse_pippa, None, "record is NoneType, expected an object"),
+        (parse_pippa, {"conversation": []}, "missing field 'bot_name'"),
+        (parse_pippa, {"bot_name": "Aqua"}, "missing field 'conversation'"),
+        (parse_pippa, pippa_with(conversation="Hi"), "field 'conversation' is str, expected list"),
+        (parse_pippa, pippa_with(bot_name=7), "field 'bot_name' is int, expected str"),
+        (parse_pippa, pippa_with(bot_description=["x"]), "field 'bot_description' is list, expected str"),
+        (parse_pippa, pippa_with(conversation=["Hi"]), "record is str, expected an object"),
+        (
+            parse_pippa,
+            pippa_with(conversation=[{"message": "Hi", "is_human": "yes"}]),
+            "field 'is_human' is str, expected bool",
+        ),
+        (parse_pippa, pippa_with(conversation=[{"is_human": True}]), "missing field 'message'"),
+        (
+            parse_pippa,
+            pippa_with(conversation=[{"message": 3, "is_human": True}]),
+            "field 'message' is int, expected str",
+        ),
+        (parse_sharegpt, "hello", "record is str, expected an object"),
+        (parse_sharegpt, {"messages": []}, "missing field 'conversations'"),
+        (
+            parse_sharegpt,
+            {"conversations": {"from": "human"}},
+            "field 'conversations' is dict, expected list",
+        ),
+        (parse_sharegpt, {"conversations": [{"from": "human", "value": 1}]}, "'value' is int, expected str"),
+        (parse_sharegpt, {"conversations": [{"value": "hi"}]}, "missing field 'from'"),
+        (
+            parse_sharegpt,
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "bard", "value": "yo"}]},
+            "[1].from is 'bard', expected one of",
+        ),
+        (parse_openai, {"messages": None}, "missing field 'messages'"),
+        (
+            parse_openai,
+            {"messages": [{"role": "tool", "content": "{}"}]},
+            "[0].role is 'tool', expected one of",
+        ),
+        (parse_openai, {"messages": [{"role": "user", "content": ["a"]}]}, "'content' is list, expected str"),
+        (parse_alpaca, {"instruction": "Do it."}, "missing field 'output'"),
+        (parse_alpaca, {"output": "Done."}, "missing field 'instruction'"),
+        (
+            parse_alpaca,
+            {"instruction": ["Go"], "output": "Done."},
+            "field 'instruction' is list, expected str",
+        ),
+        (
+            parse_alpaca,
+            {"instruction": "Go", "input": 5, "output": "Ok"},
+            "field 'input' is int, expected str",
+        ),
+        (parse_alpaca, 42, "record is int, expected an object"),
+    ],
+)
+def test_bad_record_is_a_record_error_with_its_reason(parse, record, reason):
+    with pytest.raises(RecordError) as error:
+        parse(record)
+    assert reason in str(error.value)
+
+
+def test_unknown_sharegpt_role_names_the_accepted_roles():
+    with pytest.raises(RecordError) as error:
+        parse_sharegpt({"conversations": [{"from": "bard", "value": "yo"}]})
+    assert all(role in str(error.value) for role in ("human", "gpt", "system"))
+
+
+# ---------------------------------------------------------------- parser_for
+
+
+@pytest.mark.parametrize(
+    ("name", "parse"),
+    [
+        ("pippa", parse_pippa),
+        ("sharegpt", parse_sharegpt),
+        ("openai", parse_openai),
+        ("alpaca", parse_alpaca),
+    ],
+)
+def test_parser_for_known_formats(name, parse):
+    assert parser_for(name, "logs") is parse
+
+
+def test_parser_for_unknown_format_names_the_params_key_and_the_known_formats():
+    with pytest.raises(ChatmillError) as error:
+        parser_for("chatml", "logs")
+    message = str(error.value)
+    assert "sources.logs.format" in message and "'chatml'" in message
+    assert all(name in message for name in ("pippa", "sharegpt", "openai", "alpaca"))
