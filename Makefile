@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lint use
+.PHONY: setup repro test lint use bench-data release compare bench-eval chat
 
 setup: $(STAMP)
 
@@ -21,6 +21,28 @@ repro: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# Data-stage benchmark on N MB of generated PIPPA logs; writes benchmarks/results/data.json.
+SIZE_MB ?= 100
+bench-data: setup
+	$(BIN)/python benchmarks/bench_data.py --size-mb $(SIZE_MB)
+
+# sample-eval of two runs side by side: A and B are DVC experiments or git revisions (read from the
+# DVC cache; `workspace` too) or model folders such as models/part-03 (evaluated now with params.yaml's
+# eval section). Prints the metric diff table and writes reports/compare.html.
+compare: setup
+	@test -n "$(A)" -a -n "$(B)" || { echo "error: usage: make compare A=EXP_OR_MODEL B=EXP_OR_MODEL"; exit 1; }
+	$(BIN)/python stages/sample_eval.py --compare $(A) $(B)
+
+# Sample-eval generation throughput, batched vs one prompt at a time, on MODEL (default models/part-10)
+# with THREADS torch threads (default: torch's); writes benchmarks/results/eval.json.
+bench-eval: setup
+	$(BIN)/python benchmarks/bench_eval.py $(if $(MODEL),--model $(MODEL)) $(if $(THREADS),--threads $(THREADS))
+
+# Chat in the terminal with MODEL (default models/part-10) as PERSONA (a persona card; default an
+# assistant); /help lists the commands.
+chat: setup
+	$(BIN)/python -m chatmill.chat $(if $(MODEL),--model $(MODEL)) $(if $(PERSONA),--persona $(PERSONA))
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -30,3 +52,9 @@ use:
 	@test -f presets/$(PRESET).yaml || { echo "error: presets/$(PRESET).yaml not found; see presets/"; exit 1; }
 	cp presets/$(PRESET).yaml params.yaml
 	@echo "params.yaml is now presets/$(PRESET).yaml; \`git diff params.yaml\` shows the change"
+
+# Push the last trained part (or PART=N) to the Hugging Face Hub: release.repo_id (or REPO=OWNER/NAME),
+# branch release.revision. Needs HF_TOKEN or `hf auth login`, a clean git tree and a clean `dvc status`;
+# DRY_RUN=1 only builds release/ and prints what would be pushed.
+release: setup
+	$(BIN)/python stages/release.py $(if $(PART),--part $(PART)) $(if $(REPO),--repo $(REPO)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)

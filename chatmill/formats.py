@@ -1,10 +1,12 @@
 """Reading source files: containers (jsonl, json array, parquet; gzip/zstd) and record formats
 (pippa, sharegpt, openai, alpaca) into the canonical conversation parts.
 
-Readers never raise on a bad record: containers yield a RawRecord with `error` set, and
-`parse_record` raises RecordError, which the clean stage turns into a quarantine entry.
+Readers never raise on bad input: containers yield a RawRecord with `error` set (and `file_error`
+when the fault is the file's: unreadable, truncated), and the parsers raise RecordError; the clean
+stage turns both into quarantine entries. Only an unknown container (by file name) is an exception.
 """
 
+import codecs
 import gzip
 import io
 import json
@@ -30,6 +32,13 @@ TEXT_CHUNK = 1 << 16
 # What may follow a decoded value when the chunk end cut a number ("12|3", "1.|5", "1e|5").
 NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not utf-8, after errors="surrogateescape"
+WHITESPACE = " \t\r\n\ufeff"
+ARRAY_SEPARATORS = WHITESPACE + ","  # lenient: [a,,b,] reads a and b
+STRUCTURE = re.compile(r'["{}\[\],]')
+STRING_SPECIAL = re.compile(r'["\\]')
+VALUE_FOLLOWER = re.compile(r"[ \t\r\n]*(?:[,\]]|\Z)")  # what may follow an array element
+# What reading a file can raise: missing or unreadable, a truncated or corrupt gzip, zstd or parquet file.
+READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException)
 
 
 class RecordError(ValueError):
@@ -42,6 +51,7 @@ class RawRecord:
     value: Any = None
     raw: str | None = None
     error: str | None = None
+    file_error: bool = False  # the fault is the file's (unreadable, truncated), not one record's
 
 
 @dataclass
@@ -118,8 +128,46 @@ def _container_kind(path: Path) -> str:
     )
 
 
+def _unreadable(error: BaseException) -> str:
+    """The reason for a file that cannot be read, or not to its end; on one line (pyarrow's span several)."""
+    return " ".join(f"unreadable file: {type(error).__name__}: {error}".split())
+
+
+def _lines(stream: io.BufferedIOBase) -> Iterator[tuple[bytes, str | None]]:
+    """The lines of a stream, as (line, None). Each ends in LF (CRLF and a lone CR become LF: no valid JSON
+    text holds a raw CR) but the last may have no ending. A read fault (a truncated or corrupt compressed
+    file) ends them with (the partial line read so far, the reason), so that what was read is not lost."""
+    parts: list[bytes] = []  # the line being read, in pieces: a long line costs linear time
+    carry = b""  # a \r at the end of a chunk, whose \n may start the next one
+    while True:
+        try:
+            chunk = stream.read1(TEXT_CHUNK)
+        except READ_ERRORS as error:
+            yield b"".join(parts) + carry, _unreadable(error)
+            return
+        data, carry = carry + chunk, b""
+        if chunk and data.endswith(b"\r"):
+            data, carry = data[:-1], b"\r"
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *complete, rest = data.split(b"\n")
+        for line in complete:
+            parts += (line, b"\n")
+            yield b"".join(parts), None
+            parts = []
+        parts.append(rest)
+        if not chunk:
+            break
+    if any(parts):
+        yield b"".join(parts), None
+
+
 def _jsonl_records(path: Path, stream: io.BufferedIOBase) -> Iterator[RawRecord]:
-    for number, line in enumerate(stream, start=1):
+    for number, (line, fault) in enumerate(_lines(stream), start=1):
+        if fault is not None:
+            partial = line.decode("utf-8", "replace").strip()
+            yield RawRecord(path.name, raw=partial or None, error=fault, file_error=True)
+            return
         location = f"{path.name}:{number}"
         try:
             text = line.decode("utf-8").lstrip("\ufeff").strip()
@@ -132,7 +180,7 @@ def _jsonl_records(path: Path, stream: io.BufferedIOBase) -> Iterator[RawRecord]
             continue
         try:
             yield RawRecord(location, value=json.loads(text), raw=text)
-        except (json.JSONDecodeError, RecursionError) as error:
+        except (ValueError, RecursionError) as error:  # ValueError: also an integer of over 4300 digits
             yield RawRecord(location, raw=text, error=f"invalid json: {error}")
 
 
@@ -141,57 +189,158 @@ def _visible(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+@dataclass
+class _Scan:
+    """How far the search for the end of a JSON value has gone: offset from the value's start, bracket
+    depth, and whether it stopped inside a string."""
+
+    offset: int = 0
+    depth: int = 0
+    in_string: bool = False
+
+
+def _value_end(text: str, start: int, scan: _Scan) -> int | None:
+    """Index of the ',' or ']' (outside strings and brackets) that ends the value at text[start:], or None
+    when the text runs out first; `scan` keeps the state, so the search resumes where it stopped once more
+    text has arrived. It checks nothing: a malformed value is found, quarantined alone, and reading goes on
+    after it; a deeply nested one costs no recursion."""
+    i = start + scan.offset
+    while True:
+        if scan.in_string:
+            match = STRING_SPECIAL.search(text, i)
+            if match is None:
+                i = len(text)
+                break
+            if match.group() == '"':
+                i, scan.in_string = match.end(), False
+            elif match.end() < len(text):
+                i = match.end() + 1  # an escaped character
+            else:
+                i = match.start()  # the escaped character has not arrived yet
+                break
+            continue
+        match = STRUCTURE.search(text, i)
+        if match is None:
+            i = len(text)
+            break
+        char, i = match.group(), match.end()
+        if char == '"':
+            scan.in_string = True
+        elif char in "{[":
+            scan.depth += 1
+        elif char in "}]" and scan.depth > 0:
+            scan.depth -= 1
+        elif char in ",]" and scan.depth == 0:
+            return match.start()
+        # otherwise a ',' inside brackets, or a stray '}': part of this (malformed) value
+    scan.offset = i - start
+    return None
+
+
 def _json_array_records(path: Path, stream: io.BufferedIOBase) -> Iterator[RawRecord]:
-    """Stream the elements of a top-level JSON array without loading the whole file."""
+    """Stream the elements of a top-level JSON array (or of several arrays one after the other) without
+    loading the whole file. A malformed element is an error record of its own text and the elements
+    after it are read as usual; text outside the arrays is quarantined, not ignored."""
     decoder = json.JSONDecoder()
     # surrogateescape: a bad byte spoils only the element it is in (quarantined), not the chunk around it
-    reader = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape")
-    buffer, position, index, started, finished = "", 0, 0, False, False
+    text_of = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    buffer, position, index, in_array = "", 0, 0, False
+    fault: str | None = None
+    ended = False
 
-    def refill() -> bool:
-        nonlocal buffer, position
-        chunk = reader.read(TEXT_CHUNK)
-        buffer = buffer[position:] + chunk
-        position = 0
+    def more() -> bool:
+        """Append the next text to the unread part; False at the end of the file or at a read fault (the
+        text read before it is kept). Each read is at least as long as the unread part, so a value much
+        larger than a chunk is read and scanned in linear time, not quadratic."""
+        nonlocal buffer, position, fault, ended
+        wanted, pieces = max(TEXT_CHUNK, len(buffer) - position), []
+        while not ended and (wanted > 0 or not any(pieces)):  # part of a character decodes to ""
+            try:
+                data = stream.read1(max(wanted, 1))
+            except READ_ERRORS as error:
+                fault, data = _unreadable(error), b""
+            ended = not data
+            pieces.append(text_of.decode(data, final=ended))
+            wanted -= len(data)
+        chunk = "".join(pieces)
+        buffer, position = buffer[position:] + chunk, 0
         return bool(chunk)
 
-    while not finished:
-        while position < len(buffer) and buffer[position] in " \t\r\n,\ufeff":
-            if buffer[position] == "," and not started:
-                break
+    def through_end() -> int | None:
+        """Read on until the value at `position` is complete; the index of the ',' or ']' after it."""
+        scan = _Scan()
+        while (end := _value_end(buffer, position, scan)) is None:
+            if not more():
+                return None
+        return end
+
+    while True:
+        skip = ARRAY_SEPARATORS if in_array else WHITESPACE
+        while position < len(buffer) and buffer[position] in skip:
             position += 1
-        if position >= len(buffer):
-            if not refill():
-                break
-            continue
-        char = buffer[position]
-        if not started:
-            if char != "[":
-                yield RawRecord(f"{path.name}", error="invalid json: top level is not an array")
-                return
-            started, position = True, position + 1
-            continue
-        if char == "]":
-            finished = True
+        if position == len(buffer):
+            if more():
+                continue
             break
+        char = buffer[position]
+        if char == "[" and not in_array:
+            in_array, position = True, position + 1
+            continue
+        if char == "]" and in_array:
+            in_array, position = False, position + 1
+            continue
+        location = f"{path.name}:#{index}"
+        if not in_array:  # after the array: quarantine up to the next ',' or ']' (inclusive), then go on
+            end = through_end()
+            stop = len(buffer) if end is None else end + 1
+            raw = _visible(buffer[position:stop].strip())
+            yield RawRecord(location, raw=raw, error="invalid json: text after the end of the array")
+            index, position = index + 1, stop
+            continue
+        value, error = None, None
         try:
             value, end = decoder.raw_decode(buffer, position)
-        except (json.JSONDecodeError, RecursionError) as error:
-            if refill():  # the element may continue in the next chunk
-                continue
-            rest = _visible(buffer[position:])
-            yield RawRecord(f"{path.name}:#{index}", raw=rest, error=f"invalid json: {error}")
-            return
-        if NUMBER_TAIL.fullmatch(buffer, end) and refill():  # a number may continue in the next chunk
-            continue
-        raw = buffer[position:end]
-        if UNDECODABLE.search(raw):
-            yield RawRecord(f"{path.name}:#{index}", raw=_visible(raw), error="invalid utf-8")
+            if not VALUE_FOLLOWER.match(buffer, end):  # "{...}}" or a missing comma: malformed
+                end = None
+        except (ValueError, RecursionError):  # malformed, or not complete in the buffer yet
+            end = None
+        if end is not None:
+            if type(value) in (int, float) and NUMBER_TAIL.fullmatch(buffer, end) and more():
+                continue  # the number may go on in the text just read: decode it again
+            text = buffer[position:end]
+        else:  # the slow path: find where the element ends, then decode it alone
+            end = through_end()
+            if end is None:
+                break  # the file ends inside this element
+            text = buffer[position:end].strip()
+            try:
+                value = json.loads(text)
+            except (ValueError, RecursionError) as decode_error:  # ValueError: also a 4300+ digit integer
+                error = f"invalid json: {decode_error}"
+        if UNDECODABLE.search(text):
+            yield RawRecord(location, raw=_visible(text), error="invalid utf-8")
+        elif error is not None:
+            yield RawRecord(location, raw=text, error=error)
         else:
-            yield RawRecord(f"{path.name}:#{index}", value=value, raw=raw)
+            yield RawRecord(location, value=value, raw=text)
         index, position = index + 1, end
-    if not finished:
-        yield RawRecord(f"{path.name}:#{index}", error="invalid json: array is not closed (truncated file?)")
+    rest = _visible(buffer[position:].strip()) or None
+    if fault is not None:
+        yield RawRecord(path.name, raw=rest, error=fault, file_error=True)
+    elif in_array:  # a truncated file, like a truncated gzip stream: the file's fault
+        error = "invalid json: array is not closed (truncated file?)"
+        yield RawRecord(path.name, raw=rest, error=error, file_error=True)
+
+
+def _starts_an_array(path: Path) -> bool:
+    """Whether a .json file's first character (after any BOM and whitespace) is '['. Anything else is read
+    as JSON Lines, as the Hugging Face loaders do: many .json files on the Hub hold one object per line."""
+    with _open_binary(path) as stream:
+        while chunk := stream.read1(TEXT_CHUNK):  # read1: a truncated .gz file still shows its start
+            chunk = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
+            if chunk:
+                return chunk.startswith(b"[")
+    return False
 
 
 def _parquet_records(path: Path) -> Iterator[RawRecord]:
@@ -203,61 +352,63 @@ def _parquet_records(path: Path) -> Iterator[RawRecord]:
 
 
 def iter_records(path: Path) -> Iterator[RawRecord]:
-    """Every record of one source file, in file order. A corrupt or truncated file ends with an
-    error record instead of an exception, so what was read before the fault is kept."""
+    """Every record of one source file, in file order. A corrupt or truncated file ends with an error
+    record (file_error=True) instead of an exception, so what was read before the fault is kept.
+    An unknown container (by the file name) is a ChatmillError."""
     path = Path(path)
     kind = _container_kind(path)
     try:
         if kind == "parquet":
             yield from _parquet_records(path)
             return
+        if kind == "json" and not _starts_an_array(path):
+            kind = "jsonl"
         with _open_binary(path) as stream:
             if kind == "jsonl":
                 yield from _jsonl_records(path, stream)
             else:
                 yield from _json_array_records(path, stream)
-    except (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException) as error:
-        yield RawRecord(f"{path.name}", error=f"unreadable file: {type(error).__name__}: {error}")
+    except READ_ERRORS as error:
+        yield RawRecord(path.name, error=_unreadable(error), file_error=True)
 
 
 # ---------------------------------------------------------------- record formats
 
 
-def _field(record: Any, key: str, kind: type, default: Any = None) -> Any:
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for a quarantine reason: its repr, cut short (a reason is one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field(record: Any, key: str, kind: type, default: Any = None, where: str = "") -> Any:
+    """record[key], checked to be a `kind`; `where` names the record inside its conversation
+    ("conversation[3]"), so that a reason points at the exact turn."""
     if not isinstance(record, dict):
-        raise RecordError(f"record is {type(record).__name__}, expected an object")
+        raise RecordError(f"{where or 'record'} is {type(record).__name__}, expected an object")
+    name = f"{where}.{key}" if where else key
     if key not in record or record[key] is None:
         if default is not None:
             return default
-        raise RecordError(f"missing field '{key}'")
+        raise RecordError(f"missing field '{name}'")
     value = record[key]
     if not isinstance(value, kind):
-        raise RecordError(f"field '{key}' is {type(value).__name__}, expected {kind.__name__}")
+        raise RecordError(f"field '{name}' is {type(value).__name__}, expected {kind.__name__}")
     return value
-
-
-def _turn(role: str, name: str, text: Any, where: str) -> Turn:
-    if not isinstance(text, str):
-        raise RecordError(f"{where} is {type(text).__name__}, expected str")
-    return Turn(role=role, name=name, text=text)
 
 
 def parse_pippa(record: Any) -> ParsedRecord:
     bot_name = _field(record, "bot_name", str)
-    messages = _field(record, "conversation", list)
     turns = []
-    for i, message in enumerate(messages):
-        is_human = _field(message, "is_human", bool)
+    for i, message in enumerate(_field(record, "conversation", list)):
+        where = f"conversation[{i}]"
+        is_human = _field(message, "is_human", bool, where=where)
+        text = _field(message, "message", str, where=where)
         turns.append(
-            _turn(
-                "user" if is_human else "bot",
-                USER_NAME if is_human else bot_name,
-                _field(message, "message", str),
-                f"conversation[{i}].message",
-            )
+            Turn(role="user" if is_human else "bot", name=USER_NAME if is_human else bot_name, text=text)
         )
     meta = {
-        key: record.get(key)
+        key: record[key]
         for key in ("bot_definitions", "bot_greeting", "categories", "submission_timestamp")
         if record.get(key) is not None
     }
@@ -268,17 +419,18 @@ def _chat_messages(messages: list, role_key: str, text_key: str, roles: dict[str
     """Shared by sharegpt and openai: a leading system message becomes the persona."""
     persona, turns = "", []
     for i, message in enumerate(messages):
-        role = roles.get(_field(message, role_key, str))
+        where = f"messages[{i}]"
+        role = roles.get(_field(message, role_key, str, where=where))
         if role is None:
             raise RecordError(
-                f"messages[{i}].{role_key} is {message[role_key]!r}, expected one of {sorted(roles)}"
+                f"{where}.{role_key} is {_show(message[role_key])}, expected one of {sorted(roles)}"
             )
-        text = _field(message, text_key, str)
+        text = _field(message, text_key, str, where=where)
         if role == "system" and not turns and not persona:
             persona = text
             continue
         name = {"user": USER_NAME, "bot": bot_name, "system": "system"}[role]
-        turns.append(_turn(role, name, text, f"messages[{i}].{text_key}"))
+        turns.append(Turn(role=role, name=name, text=text))
     return persona, turns
 
 
@@ -311,8 +463,8 @@ def parse_alpaca(record: Any) -> ParsedRecord:
     extra_input = _field(record, "input", str, "")
     prompt = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
     turns = [
-        _turn("user", USER_NAME, prompt, "instruction"),
-        _turn("bot", ASSISTANT_NAME, _field(record, "output", str), "output"),
+        Turn(role="user", name=USER_NAME, text=prompt),
+        Turn(role="bot", name=ASSISTANT_NAME, text=_field(record, "output", str)),
     ]
     return ParsedRecord(ASSISTANT_NAME, ASSISTANT_PERSONA, "", turns, {})
 

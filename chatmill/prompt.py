@@ -8,9 +8,10 @@
 
 A bot turn's text and the end-of-turn marker (the tokenizer's EOS token) are the supervised
 tokens; everything else is context. Training (shard) and generation (sample-eval, chat) both
-encode through `encode_turn`, so the model sees identical token boundaries in both.
+encode through `encode_segments`, so the model sees identical token boundaries in both.
 """
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,43 +38,59 @@ def header_text(bot_name: str, persona: str, scenario: str) -> str:
     return f"{bot_name}'s Persona: {persona}\nScenario: {scenario}\n{START}\n"
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False) if text else []
+EOS = None  # stands for the tokenizer's end-of-turn (EOS) token in a segment list
+Segment = tuple[str | None, bool]  # (text or EOS, supervised)
 
 
-def encode_header(tokenizer, conversation: Conversation) -> Encoded:
-    text = header_text(conversation["bot_name"], conversation["persona"], conversation["scenario"])
-    ids = _encode(tokenizer, text)
-    return Encoded(ids, [False] * len(ids))
+def header_segments(conversation: Conversation) -> list[Segment]:
+    return [(header_text(conversation["bot_name"], conversation["persona"], conversation["scenario"]), False)]
 
 
 def bot_prefix(bot_name: str) -> str:
     return f"{bot_name}:"
 
 
-def encode_bot_prefix(tokenizer, bot_name: str) -> Encoded:
-    ids = _encode(tokenizer, bot_prefix(bot_name))
-    return Encoded(ids, [False] * len(ids))
-
-
-def encode_turn(tokenizer, turn: Turn, bot_name: str) -> Encoded:
-    """One turn as it appears in the prompt, newline included."""
-    newline = _encode(tokenizer, "\n")
+def turn_segments(turn: Turn, bot_name: str) -> list[Segment]:
+    """One turn as it appears in the prompt, newline included. Each segment is tokenized on its
+    own, so token boundaries are the same whether a turn is encoded alone or in a batch."""
     if turn["role"] == "bot":
-        prefix = encode_bot_prefix(tokenizer, bot_name)
-        reply = _encode(tokenizer, " " + turn["text"]) + [tokenizer.eos_token_id]
-        return prefix + Encoded(reply, [True] * len(reply)) + Encoded(newline, [False] * len(newline))
-    line = f"{USER_NAME}: {turn['text']}\n" if turn["role"] == "user" else f"{turn['text']}\n"
-    ids = _encode(tokenizer, line)
-    return Encoded(ids, [False] * len(ids))
+        return [(bot_prefix(bot_name), False), (" " + turn["text"], True), (EOS, True), ("\n", False)]
+    if turn["role"] == "user":
+        return [(f"{USER_NAME}: {turn['text']}\n", False)]
+    return [(f"{turn['text']}\n", False)]
+
+
+def encode_segments(tokenizer, pieces: Sequence[Sequence[Segment]]) -> list[Encoded]:
+    """Encode many segment lists with one batched tokenizer call; one Encoded per list."""
+    texts = [text for segments in pieces for text, _ in segments if text is not EOS and text]
+    token_ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    result = []
+    for segments in pieces:
+        encoded = Encoded([], [])
+        for text, supervised in segments:
+            if text is EOS:
+                ids = [tokenizer.eos_token_id]
+            else:
+                ids = next(token_ids) if text else []
+            encoded = encoded + Encoded(ids, [supervised] * len(ids))
+        result.append(encoded)
+    return result
+
+
+def encode_conversation(tokenizer, conversation: Conversation) -> tuple[Encoded, list[Encoded]]:
+    """The header and each turn, encoded in one batched call."""
+    pieces = [header_segments(conversation)]
+    pieces += [turn_segments(turn, conversation["bot_name"]) for turn in conversation["turns"]]
+    header, *turns = encode_segments(tokenizer, pieces)
+    return header, turns
 
 
 def encode_prompt(tokenizer, conversation: Conversation, turns: Sequence[Turn]) -> list[int]:
     """Context for generating the bot's next reply: header, the given turns, then "{bot}:"."""
-    encoded = encode_header(tokenizer, conversation)
-    for turn in turns:
-        encoded = encoded + encode_turn(tokenizer, turn, conversation["bot_name"])
-    return (encoded + encode_bot_prefix(tokenizer, conversation["bot_name"])).ids
+    pieces = [header_segments(conversation)]
+    pieces += [turn_segments(turn, conversation["bot_name"]) for turn in turns]
+    pieces.append([(bot_prefix(conversation["bot_name"]), False)])
+    return [token for encoded in encode_segments(tokenizer, pieces) for token in encoded.ids]
 
 
 def render_text(conversation: Conversation, eos_token: str) -> str:
@@ -87,3 +104,41 @@ def render_text(conversation: Conversation, eos_token: str) -> str:
         else:
             lines.append(f"{turn['text']}\n")
     return "".join(lines)
+
+
+# Messages rendered as `render_text` renders a conversation: the first "system" message is the persona,
+# later ones are narration lines, "user" is "You: ...", "assistant" is "{bot}: ...</s>". The reply and
+# its EOS are marked {% generation %}: the tokens training computes the loss on.
+_CHAT_TEMPLATE = r"""{%- set bot = bot_name | default(@DEFAULT_BOT@) -%}
+{%- if messages and messages[0]["role"] == "system" -%}
+    {%- set persona, turns = messages[0]["content"], messages[1:] -%}
+{%- else -%}
+    {%- set persona, turns = "", messages -%}
+{%- endif -%}
+{{- bot ~ "'s Persona: " ~ persona ~ "\nScenario: " ~ scenario | default("") ~ "\n" ~ @START@ ~ "\n" -}}
+{%- for message in turns -%}
+    {%- if message["role"] == "user" -%}
+        {{- @USER@ ~ ": " ~ message["content"] ~ "\n" -}}
+    {%- elif message["role"] == "assistant" -%}
+        {{- bot ~ ":" -}}
+        {%- generation -%}{{- " " ~ message["content"] ~ eos_token -}}{%- endgeneration -%}
+        {{- "\n" -}}
+    {%- else -%}
+        {{- message["content"] ~ "\n" -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- bot ~ ":" -}}
+{%- endif -%}
+"""
+
+
+def chat_template(default_bot_name: str) -> str:
+    """A Jinja chat template (`tokenizer.chat_template`) for this format. The bot's name and the
+    scenario are template variables: `apply_chat_template(messages, bot_name="Mira", scenario="...")`;
+    the name defaults to `default_bot_name`, the scenario to empty."""
+    template = _CHAT_TEMPLATE
+    values = {"@DEFAULT_BOT@": default_bot_name, "@USER@": USER_NAME, "@START@": START}
+    for placeholder, value in values.items():
+        template = template.replace(placeholder, json.dumps(value))  # a JSON string is a Jinja string literal
+    return template

@@ -1,24 +1,39 @@
-"""clean: raw source files -> canonical conversations, normalised and exact-deduplicated.
+"""clean: raw source files -> canonical conversations, normalised, scrubbed, filtered, deduplicated.
 
 Reads data/raw (manifest.json tells which file belongs to which source) and the `sources` and
 `clean` params. Writes data/clean/conversations.parquet, quarantine.jsonl (every malformed record
 with its reason and raw text) and stats.json, where in == out + dropped + quarantined.
+
+Each record is parsed, normalised, PII-scrubbed (`clean.pii`), then passed through the quality
+filters (`clean.filters`), exact dedup and near-dup (`clean.near_dup`). Scrubbing comes before the
+filters and dedup so that the id, the duplicate checks and the output all see the scrubbed text:
+two copies differing only in an email address are one conversation.
 """
 
 import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.progress import Progress
 
 from chatmill.errors import ChatmillError, exit_on_error
+from chatmill.filters import ConversationFilter, ExactDuplicate, build_quality_filters
 from chatmill.formats import ParsedRecord, RawRecord, RecordError, iter_records, parser_for
 from chatmill.io import atomic_dir, read_json, write_json, write_parquet
+from chatmill.neardup import NearDuplicate
 from chatmill.params import load_params, require
-from chatmill.schema import CONVERSATION_SCHEMA, USER_NAME, Conversation, make_conversation
+from chatmill.pii import PiiScrubber, scrubber_from_params
+from chatmill.schema import (
+    CONVERSATION_SCHEMA,
+    USER_NAME,
+    Conversation,
+    conversation_id,
+    make_conversation,
+)
 from chatmill.sources import validate_sources
 from chatmill.stats import StageStats
 
@@ -26,7 +41,12 @@ RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/clean")
 
 PLACEHOLDERS = re.compile(r"\{\{(char|user)\}\}|<(BOT|USER)>", re.IGNORECASE)
-SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+# Runs of spaces that normalising changes; not every lone " ": re.sub holds a piece per match, and a
+# 10 MB message would cost over ten times its size.
+SPACES = re.compile(
+    r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]{2,}"  # two or more in a row
+    r"|[\t\u00a0\u2000-\u200a\u202f\u205f\u3000]"  # or one that is not " "
+)
 BLANK_LINES = re.compile(r"\n{3,}")
 # Zero-width space, word joiner, BOM and control characters. ZWJ/ZWNJ stay: emoji and scripts need them.
 INVISIBLE = re.compile(r"[\u200b\u2060\ufeff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -72,10 +92,13 @@ def to_conversation(raw: RawRecord, source: str, format_name: str) -> Conversati
     """One raw record to a canonical conversation; RecordError says why it cannot be one."""
     if raw.error:
         raise RecordError(raw.error)
-    parsed = normalize_record(parser_for(format_name, source)(raw.value))
-    conversation = make_conversation(
-        source, parsed.bot_name, parsed.persona, parsed.scenario, parsed.turns, parsed.meta
-    )
+    try:
+        parsed = normalize_record(parser_for(format_name, source)(raw.value))
+        conversation = make_conversation(
+            source, parsed.bot_name, parsed.persona, parsed.scenario, parsed.turns, parsed.meta
+        )
+    except RecursionError:  # a field (say pippa's categories) nested too deeply to serialise into meta
+        raise RecordError("nested too deeply to serialise") from None
     try:  # a lone surrogate (half an emoji, from a "\ud83d" escape) cannot be written to parquet
         json.dumps(conversation, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as error:
@@ -84,11 +107,57 @@ def to_conversation(raw: RawRecord, source: str, format_name: str) -> Conversati
     return conversation
 
 
-def drop_reason(conversation: Conversation, seen_ids: set[str]) -> str | None:
-    if not any(turn["role"] == "bot" for turn in conversation["turns"]):
-        return "no_bot_turn"
-    if conversation["id"] in seen_ids:
-        return "duplicate"
+def scrub_value(value: Any, scrubber: PiiScrubber) -> Any:
+    """Every string in a JSON value scrubbed: meta holds user-written text such as bot definitions."""
+    if isinstance(value, str):
+        return scrubber.scrub(value)
+    if isinstance(value, list):
+        return [scrub_value(item, scrubber) for item in value]
+    if isinstance(value, dict):
+        return {key: scrub_value(item, scrubber) for key, item in value.items()}
+    return value
+
+
+def scrub_conversation(conversation: Conversation, scrubber: PiiScrubber) -> Conversation:
+    """PII replaced in persona, scenario, turns and meta; the id is the hash of the scrubbed content."""
+    replaced_before = scrubber.total()
+    persona, scenario = scrubber.scrub(conversation["persona"]), scrubber.scrub(conversation["scenario"])
+    turns = [{**turn, "text": scrubber.scrub(turn["text"])} for turn in conversation["turns"]]
+    try:
+        meta = scrub_value(json.loads(conversation["meta"]), scrubber)
+    except RecursionError:
+        raise RecordError("meta nested too deeply to scrub") from None
+    if scrubber.total() == replaced_before:  # the common case: nothing to rebuild
+        return conversation
+    return Conversation(
+        id=conversation_id(conversation["bot_name"], persona, scenario, turns),
+        source=conversation["source"],
+        bot_name=conversation["bot_name"],
+        persona=persona,
+        scenario=scenario,
+        turns=turns,
+        meta=json.dumps(meta, sort_keys=True, ensure_ascii=False),
+    )
+
+
+def build_filters(section: dict) -> tuple[PiiScrubber | None, list[ConversationFilter]]:
+    """The scrubber (None when off) and the filters, in the order they run, that `clean` asks for;
+    built before any record is read, so a config error costs nothing."""
+    scrubber = scrubber_from_params(require(section, "pii", "clean"))
+    filters = build_quality_filters(require(section, "filters", "clean"))
+    filters.append(ExactDuplicate())
+    # Last: it is the costliest, and its index then holds only conversations that passed everything else.
+    near_duplicates = NearDuplicate.from_params(require(section, "near_dup", "clean"), "clean.near_dup")
+    if near_duplicates is not None:
+        filters.append(near_duplicates)
+    return scrubber, filters
+
+
+def drop_reason(conversation: Conversation, filters: Sequence[ConversationFilter]) -> str | None:
+    """The name of the first filter that drops the conversation, or None to keep it."""
+    for conversation_filter in filters:
+        if not conversation_filter.keep(conversation):
+            return conversation_filter.name
     return None
 
 
@@ -103,22 +172,35 @@ def quarantine_entry(raw: RawRecord, source: str, reason: str) -> dict:
 
 
 def clean_sources(
-    sources: dict, manifest: dict, raw_dir: Path, quarantine, stats: StageStats
+    sources: dict,
+    manifest: dict,
+    raw_dir: Path,
+    quarantine,
+    stats: StageStats,
+    scrubber: PiiScrubber | None,
+    filters: Sequence[ConversationFilter],
 ) -> Iterator[Conversation]:
     """Stream the kept conversations of all sources (sorted by name, each in file order, so the
-    first copy of a duplicate is kept deterministically); write quarantine lines as they appear."""
-    seen_ids: set[str] = set()
+    first copy of a duplicate or near-duplicate is kept deterministically); write quarantine lines
+    as they appear."""
     per_source: dict[str, Counter] = {}
     with Progress(transient=True) as progress:
         for name in sorted(sources):
             counts = per_source.setdefault(name, Counter())
             task = progress.add_task(f"clean {name}", total=None)
-            for raw in iter_records(raw_dir / manifest[name]["file"]):
+            path = raw_dir / manifest[name]["file"]
+            if not path.is_file():
+                raise ChatmillError(f"clean: source '{name}': {path} is missing; run `dvc repro fetch`")
+            for raw in iter_records(path):
+                if raw.file_error and not counts["in"]:  # nothing could be read: the file's fault
+                    raise ChatmillError(f"clean: source '{name}': {path}: {raw.error}")
                 stats.records_in += 1
                 counts["in"] += 1
                 progress.advance(task)
                 try:
                     conversation = to_conversation(raw, name, sources[name]["format"])
+                    if scrubber is not None:
+                        conversation = scrub_conversation(conversation, scrubber)
                 except RecordError as error:
                     stats.quarantined += 1
                     counts["quarantined"] += 1
@@ -126,16 +208,24 @@ def clean_sources(
                         json.dumps(quarantine_entry(raw, name, str(error)), ensure_ascii=False) + "\n"
                     )
                     continue
-                reason = drop_reason(conversation, seen_ids)
+                reason = drop_reason(conversation, filters)
                 if reason:
                     stats.drop(reason)
                     counts[f"dropped_{reason}"] += 1
                     continue
-                seen_ids.add(conversation["id"])
                 stats.records_out += 1
                 counts["out"] += 1
                 yield conversation
+            if not counts["in"]:
+                raise ChatmillError(
+                    f"clean: source '{name}': {path} holds no records; check sources.{name}.uri"
+                )
     stats.extra["sources"] = {name: dict(sorted(counts.items())) for name, counts in per_source.items()}
+    if scrubber is not None:
+        stats.extra["pii"] = dict(sorted(scrubber.counts.items()))
+    for conversation_filter in filters:
+        if report := conversation_filter.stats():
+            stats.extra[conversation_filter.name] = report
 
 
 def check_quarantine_share(stats: StageStats, max_fraction: float) -> None:
@@ -145,6 +235,14 @@ def check_quarantine_share(stats: StageStats, max_fraction: float) -> None:
             f"clean: {stats.quarantined} of {stats.records_in} records ({share:.1%}) were quarantined, "
             f"more than clean.max_quarantine_fraction={max_fraction}; see {OUT_DIR}/quarantine.jsonl"
         )
+    # A source that is all quarantined is a file in another format than its params say, however small
+    # its share of the whole.
+    for name, counts in stats.extra.get("sources", {}).items():
+        if counts["in"] and counts.get("quarantined", 0) == counts["in"]:
+            raise ChatmillError(
+                f"clean: source '{name}': all {counts['in']} of its records were quarantined "
+                f"(is sources.{name}.format right?); see {OUT_DIR}/quarantine.jsonl"
+            )
 
 
 @exit_on_error
@@ -152,6 +250,7 @@ def main() -> None:
     params = load_params("sources", "clean")
     sources = validate_sources(params["sources"])
     max_fraction = require(params["clean"], "max_quarantine_fraction", "clean", (int, float))
+    scrubber, filters = build_filters(params["clean"])
     manifest = read_json(RAW_DIR / "manifest.json")
     missing = sorted(set(sources) - set(manifest))
     if missing:
@@ -161,7 +260,7 @@ def main() -> None:
     stats = StageStats()
     with atomic_dir(OUT_DIR) as out:
         with open(out / "quarantine.jsonl", "w", encoding="utf-8") as quarantine:
-            conversations = clean_sources(sources, manifest, RAW_DIR, quarantine, stats)
+            conversations = clean_sources(sources, manifest, RAW_DIR, quarantine, stats, scrubber, filters)
             write_parquet(out / "conversations.parquet", CONVERSATION_SCHEMA, conversations)
         write_json(out / "stats.json", stats.to_dict())
     print(

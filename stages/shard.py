@@ -9,7 +9,10 @@ each a whole number of global batches.
 """
 
 import json
+import multiprocessing
+import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +20,9 @@ from rich.progress import Progress
 from transformers import AutoConfig, AutoTokenizer
 
 from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.io import atomic_dir, read_parquet, unit_interval, write_json, write_parquet
+from chatmill.io import atomic_dir, batched, read_parquet, unit_interval, write_json, write_parquet
 from chatmill.params import load_params, require
-from chatmill.prompt import Encoded, encode_header, encode_turn
+from chatmill.prompt import Encoded, encode_conversation
 from chatmill.schema import CONVERSATION_SCHEMA, Conversation
 from chatmill.shards import ARRAYS, IGNORE_INDEX, part_name, save_shard
 from chatmill.stats import StageStats
@@ -28,6 +31,7 @@ MIXED_FILE = Path("data/mixed/conversations.parquet")
 BASE_DIR = Path("models/base")
 OUT_DIR = Path("data/shards")
 OPEN_SEQUENCES = 64  # first-fit looks back this far: low padding, bounded memory
+ENCODE_BATCH = 256  # conversations per task sent to a worker
 
 
 def windows(header: Encoded, turns: list[Encoded], seq_len: int) -> tuple[list[Encoded], int]:
@@ -54,19 +58,26 @@ class Packer:
     def __init__(self, seq_len: int, pad_id: int, sink):
         self.seq_len, self.pad_id, self.sink = seq_len, pad_id, sink
         self.open: list[list[Encoded]] = []
+        self.used: list[int] = []  # tokens taken in each open sequence
 
     def add(self, window: Encoded) -> None:
-        for sequence in self.open:
-            if sum(map(len, sequence)) + len(window) <= self.seq_len:
-                sequence.append(window)
+        for index, used in enumerate(self.used):
+            if used + len(window) <= self.seq_len:
+                self.open[index].append(window)
+                self.used[index] += len(window)
                 return
         self.open.append([window])
+        self.used.append(len(window))
         if len(self.open) > OPEN_SEQUENCES:
-            self.sink(self.to_arrays(self.open.pop(0)))
+            self.emit_oldest()
 
     def flush(self) -> None:
         while self.open:
-            self.sink(self.to_arrays(self.open.pop(0)))
+            self.emit_oldest()
+
+    def emit_oldest(self) -> None:
+        self.used.pop(0)
+        self.sink(self.to_arrays(self.open.pop(0)))
 
     def to_arrays(self, sequence: list[Encoded]) -> dict[str, np.ndarray]:
         ids, labels, positions = [], [], []
@@ -127,15 +138,49 @@ def is_eval(conversation: Conversation, seed: int, fraction: float) -> bool:
     return unit_interval(seed, "eval", conversation["id"]) < fraction
 
 
-def encode_conversation(tokenizer, conversation: Conversation) -> tuple[Encoded, list[Encoded]]:
-    turns = [encode_turn(tokenizer, turn, conversation["bot_name"]) for turn in conversation["turns"]]
-    return encode_header(tokenizer, conversation), turns
+_worker_tokenizer = None
+
+
+def _load_worker_tokenizer(tokenizer_dir: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _encode_batch(conversations: list[Conversation]) -> list[tuple[Encoded, list[Encoded]]]:
+    return [encode_conversation(_worker_tokenizer, conversation) for conversation in conversations]
+
+
+def encoded_conversations(
+    rows: Iterable[Conversation], tokenizer_dir: Path, workers: int
+) -> Iterator[tuple[Conversation, Encoded, list[Encoded]]]:
+    """Tokenize on `workers` processes; results come back in input order, so the output is the
+    same for any worker count. At most 2 x workers batches are in flight: memory stays flat."""
+    _load_worker_tokenizer(str(tokenizer_dir))
+    pool = (
+        multiprocessing.Pool(workers, _load_worker_tokenizer, (str(tokenizer_dir),)) if workers > 1 else None
+    )
+    try:
+        for group in batched(batched(rows, ENCODE_BATCH), 2 * workers):
+            results = pool.map(_encode_batch, group) if pool else map(_encode_batch, group)
+            for batch, encoded in zip(group, results, strict=True):
+                for conversation, (header, turns) in zip(batch, encoded, strict=True):
+                    yield conversation, header, turns
+    finally:
+        if pool:
+            pool.terminate()
+
+
+def worker_count(workers: int) -> int:
+    """0 means every core this process may use."""
+    return workers or len(os.sched_getaffinity(0))
 
 
 def validate_shard(shard: dict, max_positions: int) -> dict:
     seq_len = require(shard, "seq_len", "shard", int)
     fraction = require(shard, "eval_fraction", "shard", (int, float))
     require(shard, "seed", "shard", int)
+    if require(shard, "workers", "shard", int) < 0:
+        raise ChatmillError(f"params.yaml: shard.workers={shard['workers']} must be >= 0 (0 = all cores)")
     if not 16 <= seq_len <= max_positions:
         raise ChatmillError(
             f"params.yaml: shard.seq_len={seq_len} must be 16..{max_positions} (the model's context)"
@@ -148,6 +193,7 @@ def validate_shard(shard: dict, max_positions: int) -> dict:
 @exit_on_error
 def main() -> None:
     params = load_params("shard", "train")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # our own worker processes parallelize
     tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
     shard = validate_shard(params["shard"], AutoConfig.from_pretrained(BASE_DIR).max_position_embeddings)
     parts = require(params["train"], "parts", "train", int)
@@ -161,13 +207,15 @@ def main() -> None:
             SequenceFile(out / "work-eval", seq_len),
         )
         packers = {False: Packer(seq_len, pad_id, train_file), True: Packer(seq_len, pad_id, eval_file)}
-        for conversation in progress.track(read_parquet(MIXED_FILE), description="shard"):
+        rows = progress.track(read_parquet(MIXED_FILE), description="shard")
+        for conversation, header, turns in encoded_conversations(
+            rows, BASE_DIR, worker_count(shard["workers"])
+        ):
             stats.records_in += 1
             held_out = is_eval(conversation, shard["seed"], shard["eval_fraction"])
             if held_out and conversation["id"] in eval_ids:
                 stats.drop("eval_repeat")  # an up-sampled copy; the eval set holds each conversation once
                 continue
-            header, turns = encode_conversation(tokenizer, conversation)
             conversation_windows, truncated = windows(header, turns, seq_len)
             counts["truncated_turns"] += truncated
             if not conversation_windows:

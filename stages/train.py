@@ -5,29 +5,51 @@
 Part 1 starts from models/base; part N from models/part-(N-1): its weights, optimizer state and
 global step (DeepSpeed checkpoint in resume/), so the LR schedule continues and warmup is not
 repeated. Writes models/part-NN/ (HF safetensors + tokenizer, resume/, train_state.json) and
-DVCLive logs in dvclive/part-NN/. Effective batch = micro_batch x accumulation x world size.
+DVCLive logs in dvclive/part-NN/: per step loss, lr, grad norm, tokens/s and MFU; per part the
+held-out loss on data/shards/eval. Effective batch = micro_batch x accumulation x world size.
+
+Crash safety: every `train.save_every` optimizer steps the part writes an intermediate checkpoint,
+checkpoints/part-NN/step-SSSSSS/ (git-ignored, not a DVC output): DeepSpeed state (weights, fp32
+master weights, optimizer, global step), each rank's RNG state, the position in the shard and the
+DVCLive logs so far. It is written under a hidden .tmp name and renamed when complete, so a kill
+at any moment leaves the previous checkpoint intact. A re-run of a killed part resumes from the
+newest one if params, world size and inputs are unchanged, and deletes it once models/part-NN/ is
+in place.
 """
 
 import argparse
+import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.io import read_json, remove, write_json
+from chatmill.io import read_json, remove, stable_hash, write_json
 from chatmill.params import load_params, require
-from chatmill.shards import load_shard, part_name
+from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard, part_name
+
+if TYPE_CHECKING:  # deepspeed takes seconds to import: run_part imports it
+    from deepspeed import DeepSpeedEngine
 
 BASE_DIR = Path("models/base")
 SHARDS_DIR = Path("data/shards")
+EVAL_DIR = SHARDS_DIR / "eval"
+CHECKPOINTS_DIR = Path("checkpoints")
 CHECKPOINT_TAG = "final"
+
+
+# --- What a part computes: pure functions ----------------------------------------------------------
 
 
 def model_dir(part: int) -> Path:
@@ -65,11 +87,12 @@ def deepspeed_config(train: dict, accumulation: int) -> dict:
 
 
 def launch_command(train: dict, part: int) -> list[str] | None:
-    """The DeepSpeed launcher command for several GPUs or nodes; None to run in this process."""
+    """The DeepSpeed launcher command for several GPUs or nodes; None to run in this process.
+    The launched ranks find LOCAL_RANK in their environment (--no_local_rank: no extra argument)."""
     gpus, hostfile = train["gpus"], train["hostfile"]
     if os.environ.get("LOCAL_RANK") is not None or (gpus <= 1 and not hostfile):
         return None
-    command = ["deepspeed"]
+    command = ["deepspeed", "--no_local_rank"]
     if hostfile:
         command += ["--hostfile", str(hostfile)]
     if gpus:
@@ -90,9 +113,15 @@ def validate_train(train: dict) -> dict:
         ("bf16", bool),
         ("seed", int),
         ("gpus", int),
+        ("save_every", int),
+        ("gradient_checkpointing", bool),
+        ("compile", bool),
+        ("fused_optimizer", bool),
+        ("peak_tflops", float),
     ):
         value = require(train, key, "train", (int, float) if kind is float else kind)
-        if value < 0 or (key in ("parts", "global_batch", "micro_batch") and value == 0):
+        positive = key in ("parts", "global_batch", "micro_batch", "peak_tflops")
+        if value < 0 or (positive and value == 0):
             raise ChatmillError(f"params.yaml: train.{key}={value} must be positive")
     if train["zero_stage"] not in (0, 1, 2, 3):
         raise ChatmillError(f"params.yaml: train.zero_stage={train['zero_stage']}; use 0, 1, 2 or 3")
@@ -100,18 +129,24 @@ def validate_train(train: dict) -> dict:
     return train
 
 
-def single_process_environment() -> None:
-    """torch.distributed needs a rendezvous even for one process on a CPU."""
-    if "LOCAL_RANK" in os.environ:
-        return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(
-        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Weights that multiply an activation: all parameters but the input embedding, a lookup.
+    A tied output layer shares the embedding's weight, which is then counted once, as the matmul."""
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight is embedding
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
+
+
+def flops_per_token(matmul_params: int, layers: int, hidden: int, seq_len: int) -> int:
+    """Training FLOPs per token, PaLM appendix B: 6 per matmul weight (2 forward, 4 backward) plus
+    12 x layers x hidden x seq_len for attention scores and values over the full (unmasked) window.
+    Recomputation by gradient checkpointing is not counted: MFU measures the model's work."""
+    return 6 * matmul_params + 12 * layers * hidden * seq_len
+
+
+def mfu(tokens_per_s: float, flops: int, devices: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the devices' peak (train.peak_tflops each)."""
+    return tokens_per_s * flops / (devices * peak_tflops * 1e12)
 
 
 def micro_batches(
@@ -122,8 +157,9 @@ def micro_batches(
     rank: int,
     world_size: int,
     device: torch.device,
-):
-    """The micro batches of one optimizer step for this rank: rows in shard order."""
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The micro batches of one optimizer step for this rank: rows in shard order. A pure function
+    of the step, so a resumed part continues at the row where the checkpoint was taken."""
     global_batch = micro_batch * accumulation * world_size
     for micro in range(accumulation):
         start = step * global_batch + (micro * world_size + rank) * micro_batch
@@ -134,8 +170,149 @@ def micro_batches(
         }
 
 
+def eval_rows(sequences: int, batch: int, rank: int, world_size: int) -> Iterator[np.ndarray]:
+    """This rank's rows of the eval split, `batch` at a time. Every rank runs the same number of
+    batches (under ZeRO-3 each forward gathers weights from all ranks), so the last ones may hold
+    indices >= sequences, which the caller masks."""
+    for first in range(0, sequences, batch * world_size):
+        yield first + rank * batch + np.arange(batch)
+
+
+# --- Intermediate checkpoints: the resume state, explicit -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """Where a killed part continues: after `step` optimizer steps of this part (= the next row of
+    the shard), with the run's token count and the part's first loss for train_state.json."""
+
+    fingerprint: str
+    step: int
+    tokens_seen: int
+    first_loss: float | None
+
+
+def run_fingerprint(train: dict, part: int, world_size: int, inputs: list[Path]) -> str:
+    """What a part's checkpoints are valid for: params, world size and the input files. Inputs are
+    taken by path, size and mtime (a previous part with optimizer state can be 100 GB): a
+    re-written input never matches, so the part starts over rather than resume on other data."""
+    files = [
+        (str(path), stat.st_size, stat.st_mtime_ns)
+        for folder in inputs
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        for stat in (path.stat(),)
+    ]
+    return stable_hash(json.dumps(train, sort_keys=True), part, world_size, files)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def newest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint (zero-padded names sort by step); .tmp ones are partial."""
+    complete = sorted(root.glob("step-*"))
+    return complete[-1] if complete else None
+
+
+def rng_state(device: torch.device) -> dict:
+    numpy_name, numpy_key, *numpy_rest = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (numpy_name, numpy_key.tolist(), *numpy_rest),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    numpy_name, numpy_key, *numpy_rest = state["numpy"]
+    random.setstate(state["python"])
+    np.random.set_state((numpy_name, np.array(numpy_key, dtype=np.uint32), *numpy_rest))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(
+    engine: "DeepSpeedEngine", root: Path, state: ResumeState, live_dir: Path, rank: int
+) -> None:
+    """All ranks write into root/.step-SSSSSS.tmp (DeepSpeed's files, their RNG state); rank 0 adds
+    the resume state and the DVCLive logs, then renames it to step-SSSSSS and drops older ones."""
+    import deepspeed.comm as dist
+
+    name = checkpoint_name(state.step)
+    partial = root / f".{name}.tmp"
+    if rank == 0:
+        remove(partial)  # left by a run killed while writing this same checkpoint
+    dist.barrier()
+    partial.mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(engine.device), partial / f"rng-rank-{rank:05d}.pt")
+    if rank == 0:
+        write_json(partial / "state.json", asdict(state))
+        shutil.copytree(live_dir, partial / "dvclive")
+    engine.save_checkpoint(str(root), tag=partial.name, save_latest=False)  # ends with a barrier
+    if rank == 0:
+        partial.rename(root / name)
+        for older in root.glob("*step-*"):
+            if older.name != name:
+                remove(older)
+
+
+def single_process_environment(gpus: int) -> None:
+    """One process (train.gpus 0 or 1, no hostfile): torch.distributed still needs a rendezvous.
+    train.gpus 0 trains on the CPU, through DeepSpeed's CPU accelerator, even where a GPU exists."""
+    if "LOCAL_RANK" in os.environ:
+        return
+    if gpus and not torch.cuda.is_available():
+        raise ChatmillError(f"params.yaml: train.gpus={gpus} but no GPU is visible; use train.gpus: 0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    if gpus == 0:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+@torch.no_grad()
+def held_out_loss(
+    engine: "DeepSpeedEngine", shard: dict[str, np.ndarray], batch: int, rank: int, world_size: int
+) -> float:
+    """Mean loss per supervised token over the whole eval split, the ranks' shares summed."""
+    import deepspeed.comm as dist
+
+    sequences = len(shard["input_ids"])
+    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss sum, supervised tokens
+    engine.eval()
+    for rows in eval_rows(sequences, batch, rank, world_size):
+        inputs = {
+            name: torch.from_numpy(np.asarray(shard[name][rows % sequences], dtype=np.int64))
+            for name in ARRAYS
+        }
+        inputs["labels"][torch.from_numpy(rows >= sequences)] = IGNORE_INDEX  # padding rows of the last batch
+        supervised = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())  # labels shift by one
+        loss = engine(**{name: t.to(engine.device) for name, t in inputs.items()}, use_cache=False).loss
+        if supervised:
+            totals[0] += loss.double() * supervised
+            totals[1] += supervised
+    engine.train()
+    dist.all_reduce(totals)
+    if totals[1] == 0:
+        raise ChatmillError(f"train: {EVAL_DIR} has no supervised tokens; check the shard stage")
+    return (totals[0] / totals[1]).item()
+
+
+# --- The part ---------------------------------------------------------------------------------------
+
+
 def run_part(part: int, train: dict) -> dict:
     import deepspeed
+    import deepspeed.comm as dist
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -143,38 +320,64 @@ def run_part(part: int, train: dict) -> dict:
 
     previous, out = model_dir(part - 1), model_dir(part)
     shard_dir = SHARDS_DIR / part_name(part)
-    if not (shard_dir / "input_ids.npy").exists():
-        raise ChatmillError(
-            f"train-part{part}: {shard_dir} not found; run `dvc repro shard` (train.parts >= {part}?)"
-        )
+    for needed in (shard_dir, EVAL_DIR):
+        if not (needed / "input_ids.npy").exists():
+            raise ChatmillError(
+                f"train-part{part}: {needed} not found; run `dvc repro shard` (train.parts >= {part}?)"
+            )
     if not previous.exists():
         raise ChatmillError(f"train-part{part}: {previous} not found; run `dvc repro train-part{part - 1}`")
 
     deepspeed.init_distributed()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     accumulation = accumulation_steps(train["global_batch"], train["micro_batch"], world_size)
+    shard, eval_shard = load_shard(shard_dir), load_shard(EVAL_DIR)
+    sequences, seq_len = shard["input_ids"].shape
+    steps = sequences // train["global_batch"]
+    checkpoints = CHECKPOINTS_DIR / part_name(part)
+    fingerprint = run_fingerprint(train, part, world_size, [shard_dir, EVAL_DIR, previous])
     torch.manual_seed(train["seed"] + part)
 
+    # The model, optimizer and engine; where part N-1 (or a killed run of this part) stopped.
     model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    if train["gradient_checkpointing"]:
+        model.activation_checkpointing_enable()
+    config = model.config
+    flops = flops_per_token(matmul_parameters(model), config.num_hidden_layers, config.hidden_size, seq_len)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], fused=train["fused_optimizer"]
+    )
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(train, accumulation)
     )
-    tokens_seen = 0
-    if part > 1:  # continue part N-1's optimizer, fp32 master weights and global step
-        engine.load_checkpoint(previous / "resume", tag=CHECKPOINT_TAG)
-        tokens_seen = read_json(previous / "train_state.json")["tokens_seen"]
+    if train["compile"]:
+        engine.compile()
+    newest = newest_checkpoint(checkpoints)
+    resume = ResumeState(**read_json(newest / "state.json")) if newest else None
+    if resume and resume.fingerprint != fingerprint:
+        if rank == 0:
+            print(f"train-part{part}: not resuming from {newest}: params, GPUs or inputs have changed")
+        resume = None
+    if resume:  # a killed run of this part: its weights, optimizer, global step and RNG
+        engine.load_checkpoint(str(checkpoints), tag=newest.name)
+        set_rng_state(torch.load(newest / f"rng-rank-{rank:05d}.pt"), engine.device)
+    elif part > 1:  # part N-1's weights, optimizer, fp32 master weights and global step
+        engine.load_checkpoint(str(previous / "resume"), tag=CHECKPOINT_TAG)
+        resume = ResumeState(fingerprint, 0, read_json(previous / "train_state.json")["tokens_seen"], None)
+    else:
+        resume = ResumeState(fingerprint, 0, 0, None)
+    start, tokens_seen, first_loss = resume.step, resume.tokens_seen, resume.first_loss
 
-    shard = load_shard(shard_dir)
-    sequences, seq_len = shard["input_ids"].shape
-    steps = sequences // train["global_batch"]
-    tmp_out = out.with_name(f".{out.name}.tmp")
     live_dir = Path("dvclive") / part_name(part)
+    live = None
     if rank == 0:
-        remove(tmp_out)
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False) if rank == 0 else None
+        if start:  # the logs up to the checkpoint; DVC removed dvclive/part-NN before the re-run
+            remove(live_dir)
+            shutil.copytree(newest / "dvclive", live_dir)
+        live = Live(dir=str(live_dir), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
+
+    # The loop: one optimizer step per iteration, `accumulation` micro batches on each rank.
     engine.train()
-    losses = []
     columns = (
         TextColumn("[bold]part {task.fields[part]}[/] step {task.fields[step]}"),
         BarColumn(),
@@ -182,51 +385,80 @@ def run_part(part: int, train: dict) -> dict:
         TimeRemainingColumn(),
     )
     with Progress(*columns, disable=rank != 0) as progress:
-        task = progress.add_task("train", total=steps, part=part, step=engine.global_steps, loss=0.0, tps=0.0)
-        for step in range(steps):
+        task = progress.add_task(
+            "train", total=steps, completed=start, part=part, step=engine.global_steps, loss=0.0, tps=0.0
+        )
+        for step in range(start, steps):
             started = time.perf_counter()
             lr = learning_rate(engine.global_steps, train["lr"], train["warmup_steps"])
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
-            step_loss = 0.0
+            step_loss = torch.zeros((), device=engine.device)
             for batch in micro_batches(
                 shard, step, accumulation, train["micro_batch"], rank, world_size, engine.device
             ):
                 loss = engine(**batch, use_cache=False).loss
                 engine.backward(loss)
                 engine.step()
-                step_loss += loss.item() / accumulation
+                step_loss += loss.detach().float() / accumulation
+            dist.all_reduce(step_loss)  # the mean over ranks: the loss of the whole global batch
+            last_loss = step_loss.item() / world_size
+            first_loss = last_loss if first_loss is None else first_loss
+            grad_norm = engine.get_global_grad_norm()  # before clipping; None if DeepSpeed skips it
             tokens = train["global_batch"] * seq_len
             tokens_seen += tokens
             tokens_per_s = tokens / (time.perf_counter() - started)
-            losses.append(step_loss)
             if live:
                 live.step = engine.global_steps
-                live.log_metric("train/loss", step_loss)
+                live.log_metric("train/loss", last_loss)
                 live.log_metric("train/lr", lr)
+                if grad_norm is not None:
+                    live.log_metric("train/grad_norm", float(grad_norm))
                 live.log_metric("train/tokens_per_s", tokens_per_s)
+                live.log_metric("train/mfu", mfu(tokens_per_s, flops, world_size, train["peak_tflops"]))
                 live.log_metric("train/tokens_seen", tokens_seen)
-            progress.update(task, advance=1, step=engine.global_steps, loss=step_loss, tps=tokens_per_s)
+            progress.update(task, advance=1, step=engine.global_steps, loss=last_loss, tps=tokens_per_s)
+            done = step + 1
+            if train["save_every"] and done % train["save_every"] == 0 and done < steps:
+                position = ResumeState(fingerprint, done, tokens_seen, first_loss)
+                save_checkpoint(engine, checkpoints, position, live_dir, rank)
 
+    eval_loss = held_out_loss(engine, eval_shard, train["micro_batch"], rank, world_size)
     state = {
         "part": part,
         "global_step": int(engine.global_steps),
         "tokens_seen": int(tokens_seen),
         "steps_this_part": steps,
-        "loss_first": round(losses[0], 6) if losses else None,
-        "loss_last": round(losses[-1], 6) if losses else None,
+        "loss_first": round(first_loss, 6) if first_loss is not None else None,
+        "loss_last": round(last_loss, 6) if steps > start else None,
+        "eval_loss": round(eval_loss, 6),
         "lr": learning_rate(engine.global_steps - 1, train["lr"], train["warmup_steps"]),
     }
-    engine.save_checkpoint(str(tmp_out / "resume"), tag=CHECKPOINT_TAG, client_state={"part": part})
+
+    # The outputs: written to a hidden folder, renamed into place; then the checkpoints go.
+    tmp_out = out.with_name(f".{out.name}.tmp")
     if rank == 0:
-        engine.module.save_pretrained(tmp_out)
+        remove(tmp_out)
+    dist.barrier()
+    engine.save_checkpoint(str(tmp_out / "resume"), tag=CHECKPOINT_TAG, client_state={"part": part})
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):  # whole weights under ZeRO-3
+        if rank == 0:
+            engine.module.save_pretrained(tmp_out)
+    if rank == 0:
         AutoTokenizer.from_pretrained(previous).save_pretrained(tmp_out)
         write_json(tmp_out / "train_state.json", state)
         remove(out)
         tmp_out.rename(out)
-        live.summary = {"train/loss": state["loss_last"], "global_step": state["global_step"]}
+        live.step = engine.global_steps
+        live.log_metric("eval/loss", eval_loss)
+        live.summary = {
+            "train/loss": state["loss_last"],
+            "eval/loss": state["eval_loss"],
+            "global_step": state["global_step"],
+        }
         live.make_summary()
         live.end()
+        remove(checkpoints)
     return state
 
 
@@ -245,11 +477,11 @@ def main() -> None:
         if shutil.which("deepspeed") is None:
             raise ChatmillError("train: the `deepspeed` launcher is not on PATH; activate .venv")
         sys.exit(subprocess.call(command))
-    single_process_environment()
+    single_process_environment(train["gpus"])
     state = run_part(part, train)
     print(
         f"train-part{part}: global step {state['global_step']}, {state['tokens_seen']:,} tokens seen, "
-        f"loss {state['loss_first']} -> {state['loss_last']}"
+        f"loss {state['loss_first']} -> {state['loss_last']}, held-out loss {state['eval_loss']}"
     )
 
 

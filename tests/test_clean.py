@@ -1,4 +1,5 @@
-"""The clean stage: normalisation, placeholders, drops, exact dedup, quarantine and the whole stage run."""
+"""The clean stage: normalisation, placeholders, drops, exact dedup, quarantine and the whole stage run.
+PII scrubbing, the quality filters and near-dup have their own tests: test_pii, test_filters, test_neardup."""
 
 import datetime
 import gzip
@@ -11,9 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from chatmill.filters import ExactDuplicate, NoBotTurn
 from chatmill.formats import ParsedRecord, RawRecord, RecordError
 from chatmill.schema import USER_NAME
 from chatmill.stats import StageStats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_clean_params(**changes) -> dict:
+    """The repository's `clean` section (PII, filters, near-dup and all), with the test's changes."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["clean"] | changes
 
 
 def sharegpt(*texts: str, **fields) -> dict:
@@ -153,22 +162,85 @@ def test_lone_surrogate_is_a_record_error_not_a_crash_later():
 def test_conversation_without_a_bot_turn_is_dropped():
     only_user = conversation_of(sharegpt("Hello?"))
     empty_reply = conversation_of(sharegpt("Hello?", " \u200b "))
-    assert clean.drop_reason(only_user, set()) == "no_bot_turn"
-    assert clean.drop_reason(empty_reply, set()) == "no_bot_turn"
+    filters = [NoBotTurn(), ExactDuplicate()]
+    assert clean.drop_reason(only_user, filters) == "no_bot_turn"
+    assert clean.drop_reason(empty_reply, filters) == "no_bot_turn"
 
 
 def test_duplicate_after_normalisation_is_dropped():
     first = conversation_of(sharegpt("Hi there", "Hello!"))
     again = conversation_of(sharegpt("  Hi \t there\r\n", "Hello!\u200b"), source="other")
     assert first["id"] == again["id"]
-    assert clean.drop_reason(first, set()) is None
-    assert clean.drop_reason(again, {first["id"]}) == "duplicate"
+    filters = [NoBotTurn(), ExactDuplicate()]
+    assert clean.drop_reason(first, filters) is None
+    assert clean.drop_reason(again, filters) == "duplicate"
 
 
 def test_different_conversations_are_not_duplicates():
     first = conversation_of(sharegpt("Hi there", "Hello!"))
     other = conversation_of(sharegpt("Hi there", "Hello!!"))
-    assert clean.drop_reason(other, {first["id"]}) is None
+    filters = [ExactDuplicate()]
+    assert clean.drop_reason(first, filters) is None
+    assert clean.drop_reason(other, filters) is None
+
+
+def test_the_first_filter_that_drops_names_the_reason():
+    only_user = conversation_of(sharegpt("Hello?"))
+    filters = [NoBotTurn(), ExactDuplicate()]
+    assert clean.drop_reason(only_user, filters) == "no_bot_turn"
+    assert clean.drop_reason(only_user, filters) == "no_bot_turn"  # never seen by ExactDuplicate
+
+
+# ---------------------------------------------------------------- scrub_conversation and build_filters
+
+
+def test_scrub_conversation_scrubs_every_text_field_and_meta_and_rehashes_the_id():
+    record = sharegpt("Mail me: ann@example.com", "Call (555) 123-4567!", id="ann@example.com")
+    record |= {"persona": "Owner: 10.0.0.7", "scenario": "Key sk-abcdefghijklmnopqrstuvwx1234"}
+    conversation = conversation_of(record)
+    scrubber, _ = clean.build_filters(default_clean_params())
+    scrubbed = clean.scrub_conversation(conversation, scrubber)
+    assert [t["text"] for t in scrubbed["turns"]] == ["Mail me: <EMAIL>", "Call <PHONE>!"]
+    assert (scrubbed["persona"], scrubbed["scenario"]) == ("Owner: <IP_ADDRESS>", "Key <API_KEY>")
+    assert json.loads(scrubbed["meta"]) == {"origin_id": "<EMAIL>"}
+    # The id is that of the same conversation arriving already scrubbed.
+    already_scrubbed = sharegpt("Mail me: <EMAIL>", "Call <PHONE>!", id="<EMAIL>")
+    already_scrubbed |= {"persona": "Owner: <IP_ADDRESS>", "scenario": "Key <API_KEY>"}
+    assert scrubbed == conversation_of(already_scrubbed)
+    assert scrubbed["id"] != conversation["id"]
+    assert scrubber.counts == {
+        "api_key": 1,
+        "card_number": 0,
+        "credential_url": 0,
+        "email": 2,
+        "ip_address": 1,
+        "phone": 1,
+    }
+
+
+def test_scrub_conversation_without_pii_returns_it_unchanged():
+    conversation = conversation_of(sharegpt("It's 10:30 and the sword costs $19.99.", "Roll 2d6+3!"))
+    scrubber, _ = clean.build_filters(default_clean_params())
+    assert clean.scrub_conversation(conversation, scrubber) is conversation
+
+
+def test_build_filters_follows_params_and_orders_the_filters():
+    scrubber, filters = clean.build_filters(default_clean_params())
+    assert scrubber is not None
+    assert [f.name for f in filters] == [
+        "no_bot_turn",
+        "message_too_long",
+        "zalgo",
+        "looping_bot",
+        "duplicate",
+        "near_duplicate",
+    ]
+    params = default_clean_params(pii={"enabled": False, "types": []})
+    params["filters"] = params["filters"] | {"zalgo": {"enabled": False, "max_combining_marks": 4}}
+    params["near_dup"] = params["near_dup"] | {"enabled": False}
+    scrubber, filters = clean.build_filters(params)
+    assert scrubber is None
+    assert [f.name for f in filters] == ["no_bot_turn", "message_too_long", "looping_bot", "duplicate"]
 
 
 # ---------------------------------------------------------------- quarantine_entry
@@ -206,7 +278,10 @@ def write_raw(raw_dir: Path, files: dict[str, tuple[str, bytes]]) -> dict:
 def run_clean_sources(tmp_path: Path, sources: dict, files: dict) -> tuple[list, list, StageStats]:
     manifest = write_raw(tmp_path / "raw", files)
     quarantine, stats = io.StringIO(), StageStats()
-    kept = list(clean.clean_sources(sources, manifest, tmp_path / "raw", quarantine, stats))
+    scrubber, filters = clean.build_filters(default_clean_params())
+    kept = list(
+        clean.clean_sources(sources, manifest, tmp_path / "raw", quarantine, stats, scrubber, filters)
+    )
     return kept, [json.loads(q) for q in quarantine.getvalue().splitlines()], stats
 
 
@@ -330,7 +405,7 @@ def write_stage_inputs(root: Path, max_fraction: float) -> list[str]:
             "instructions": {"uri": "src/alpaca.json", "format": "alpaca", "trim": False, "weight": 0.1},
             "fresh_logs": {"uri": "src/fresh.jsonl.gz", "format": "sharegpt", "trim": True, "weight": 0.2},
         },
-        "clean": {"max_quarantine_fraction": max_fraction},
+        "clean": default_clean_params(max_quarantine_fraction=max_fraction),
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return [pippa_bad_json, pippa_no_conversation, line(ALPACA[2]), share_bad_role]
@@ -373,6 +448,10 @@ def test_main_writes_conversations_quarantine_and_reconciled_stats(tmp_path, mon
     stats = json.loads((tmp_path / "data/clean/stats.json").read_text())
     assert (stats["in"], stats["out"], stats["quarantined"]) == (10, 4, 4)
     assert stats["dropped"] == {"duplicate": 1, "no_bot_turn": 1}
+    assert stats["pii"] == dict.fromkeys(
+        ["api_key", "card_number", "credential_url", "email", "ip_address", "phone"], 0
+    )
+    assert stats["near_duplicate"] == {"clusters": 0, "dropped": 0, "indexed": 4}
     assert stats["in"] == stats["out"] + sum(stats["dropped"].values()) + stats["quarantined"]
     assert stats["sources"] == {
         "community_logs": {

@@ -81,6 +81,39 @@ def test_jsonl_bad_lines_become_error_records_and_reading_goes_on(tmp_path):
     assert bad_json.value is None
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 16])
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_jsonl_line_endings_at_any_chunk_size(tmp_path, monkeypatch, chunk, end):
+    """LF, CRLF (even split across two reads) or a lone CR: no valid JSON text holds a raw CR."""
+    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    path = write(tmp_path / "a.jsonl", end.join([b'{"n": 1}', b'{"n": 2}', b"", b'{"n": 3}']) + end)
+    records = list(iter_records(path))
+    assert [(r.location, r.value) for r in records] == [
+        ("a.jsonl:1", {"n": 1}),
+        ("a.jsonl:2", {"n": 2}),
+        ("a.jsonl:4", {"n": 3}),
+    ]
+
+
+def test_jsonl_integer_of_5000_digits_is_an_error_record_not_a_crash(tmp_path):
+    bad, good = iter_records(write(tmp_path / "a.jsonl", b'{"n": ' + b"1" * 5000 + b'}\n{"n": 2}\n'))
+    assert bad.error.startswith("invalid json: Exceeds the limit (4300 digits)") and bad.raw.startswith(
+        '{"n": 111'
+    )
+    assert good.value == {"n": 2}
+
+
+def test_truncated_gzip_keeps_the_partial_last_line_as_raw(tmp_path):
+    numbers = " ".join(str(i * 7919 % 10007) for i in range(1000)).encode()  # compresses poorly
+    last = b'{"n": 3, "text": "' + numbers + b'"}\n'
+    data = gzip.compress(JSONL) + gzip.compress(last)[:-30]
+    *good, fault = iter_records(write(tmp_path / "a.jsonl.gz", data))
+    assert [r.value for r in good] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert (fault.location, fault.file_error) == ("a.jsonl.gz", True)
+    assert fault.error.startswith("unreadable file: EOFError")
+    assert len(fault.raw) > 1000 and last.decode().startswith(fault.raw)
+
+
 # ---------------------------------------------------------------- JSON arrays
 
 
@@ -119,7 +152,7 @@ def test_unclosed_json_array_keeps_the_elements_before_the_cut(tmp_path, monkeyp
     monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
     *good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": 2},\n'))
     assert [r.value for r in good] == [{"n": 1}, {"n": 2}]
-    assert error.location == "a.json:#2"
+    assert (error.location, error.raw, error.file_error) == ("a.json", None, True)
     assert error.error == "invalid json: array is not closed (truncated file?)"
 
 
@@ -128,23 +161,93 @@ def test_json_array_cut_inside_an_element_keeps_that_partial_element_as_raw(tmp_
     monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
     good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": 2, "text": "cut he'))
     assert good.value == {"n": 1}
-    assert error.location == "a.json:#1"
-    assert error.error.startswith("invalid json")
+    assert (error.location, error.file_error) == ("a.json", True)
+    assert error.error == "invalid json: array is not closed (truncated file?)"
     assert error.raw == '{"n": 2, "text": "cut he'
 
 
-def test_invalid_element_in_a_json_array_loses_nothing(tmp_path):
-    good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": nope}, {"n": 3}]'))
-    assert good.value == {"n": 1}
-    assert error.error.startswith("invalid json")
-    assert error.raw.startswith('{"n": nope}') and '{"n": 3}' in error.raw
+@pytest.mark.parametrize("chunk", [3, 1 << 16])
+def test_invalid_element_in_a_json_array_is_quarantined_alone(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    text = '[{"n": 1}, {"n": nope, "s": "a, ] \\" }"}, {"n": 2}}, {"n": 3}]'
+    good, bad, extra_brace, last = iter_records(write(tmp_path / "a.json", text))
+    assert (good.value, last.value, last.location) == ({"n": 1}, {"n": 3}, "a.json:#3")
+    assert bad.error.startswith("invalid json: Expecting value")
+    assert bad.raw == '{"n": nope, "s": "a, ] \\" }"}'
+    assert extra_brace.error.startswith("invalid json: Extra data") and extra_brace.raw == '{"n": 2}}'
 
 
-@pytest.mark.parametrize("text", ['{"n": 1}', '"just a string"', ",[]", "\n  42"])
-def test_json_top_level_that_is_not_an_array_is_one_error_record(tmp_path, text):
+def test_json_array_element_too_deep_or_with_a_huge_integer_is_quarantined_alone(tmp_path):
+    deep, huge = "[" * 100_000 + "]" * 100_000, '{"n": ' + "1" * 5000 + "}"
+    records = list(iter_records(write(tmp_path / "a.json", f'[{deep}, {huge}, {{"n": 3}}]')))
+    assert [r.error.split(":")[0] if r.error else r.value for r in records] == [
+        "invalid json",
+        "invalid json",
+        {"n": 3},
+    ]
+    assert "recursion" in records[0].error and records[0].raw == deep
+    assert "4300 digits" in records[1].error and records[1].raw == huge
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 16])
+def test_json_element_larger_than_many_chunks_is_read_in_linear_time(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    text = json.dumps([{"n": 1, "text": 'a \\ " b ' * 200_000}, {"n": 2}])  # 2 MB, escapes throughout
+    reads = []
+    open_binary = formats._open_binary
+
+    def counting_open(path):
+        stream = open_binary(path)
+        read1 = stream.read1
+        stream.read1 = lambda size: reads.append(size) or read1(size)
+        return stream
+
+    monkeypatch.setattr(formats, "_open_binary", counting_open)
+    assert values(write(tmp_path / "a.json", text)) == json.loads(text)
+    # each read as long as the text not yet used: a logarithmic number of reads, each scanned once
+    assert 0 < len(reads) < 40, len(reads)
+
+
+def test_concatenated_json_arrays_are_all_read(tmp_path):
+    assert values(write(tmp_path / "a.json", '[{"n": 1}]\n[{"n": 2}, {"n": 3}]\n[]')) == [
+        {"n": 1},
+        {"n": 2},
+        {"n": 3},
+    ]
+
+
+def test_text_after_the_array_is_quarantined_not_ignored(tmp_path):
+    *good, junk1, junk2 = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": 2}] oops, {"n": 3}'))
+    assert [r.value for r in good] == [{"n": 1}, {"n": 2}]
+    assert [(r.location, r.raw) for r in (junk1, junk2)] == [
+        ("a.json:#2", "oops,"),
+        ("a.json:#3", '{"n": 3}'),
+    ]
+    assert junk1.error == junk2.error == "invalid json: text after the end of the array"
+
+
+@pytest.mark.parametrize("text", ['{"n": 1}\n{"n": 2}\n', '\ufeff  {"n": 1}\r\n\r\n{"n": 2}'])
+def test_json_file_that_holds_json_lines_is_read_as_lines(tmp_path, text):
+    records = list(iter_records(write(tmp_path / "a.json", text)))
+    assert [r.value for r in records] == [{"n": 1}, {"n": 2}]
+    assert [r.location for r in records] == (
+        ["a.json:1", "a.json:2"] if "\r" not in text else ["a.json:1", "a.json:3"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "error"),
+    [
+        ('{"n": 1}', {"n": 1}, None),
+        ('"just a string"', "just a string", None),
+        ("\n  42", 42, None),
+        (",[]", None, "invalid json: Expecting value"),
+    ],
+)
+def test_json_top_level_that_is_not_an_array_is_a_json_line(tmp_path, text, value, error):
     [record] = iter_records(write(tmp_path / "a.json", text))
-    assert record.location == "a.json"
-    assert record.error == "invalid json: top level is not an array"
+    assert record.value == value
+    assert (record.error or "").startswith(error or "")
 
 
 def test_deeply_nested_json_is_an_error_record_not_a_crash(tmp_path):
@@ -167,10 +270,10 @@ def test_invalid_utf8_in_a_json_array_spoils_only_its_element(tmp_path, monkeypa
 
 
 def test_invalid_utf8_outside_a_string_keeps_a_writable_raw(tmp_path):
-    good, bad = iter_records(write(tmp_path / "a.json", b'[{"n": 1}, {"n": 2\xff}, {"n": 3}]'))
-    assert good.value == {"n": 1}
-    assert bad.error.startswith("invalid json")
-    assert bad.raw == '{"n": 2\ufffd}, {"n": 3}]'
+    good, bad, last = iter_records(write(tmp_path / "a.json", b'[{"n": 1}, {"n": 2\xff}, {"n": 3}]'))
+    assert (good.value, last.value) == ({"n": 1}, {"n": 3})
+    assert bad.error == "invalid utf-8"
+    assert bad.raw == '{"n": 2\ufffd}'
     bad.raw.encode("utf-8")  # no lone surrogates left to break the quarantine file
 
 
@@ -408,17 +511,21 @@ def pippa_with(**changes):
         (parse_pippa, pippa_with(conversation="Hi"), "field 'conversation' is str, expected list"),
         (parse_pippa, pippa_with(bot_name=7), "field 'bot_name' is int, expected str"),
         (parse_pippa, pippa_with(bot_description=["x"]), "field 'bot_description' is list, expected str"),
-        (parse_pippa, pippa_with(conversation=["Hi"]), "record is str, expected an object"),
+        (parse_pippa, pippa_with(conversation=["Hi"]), "conversation[0] is str, expected an object"),
         (
             parse_pippa,
             pippa_with(conversation=[{"message": "Hi", "is_human": "yes"}]),
-            "field 'is_human' is str, expected bool",
+            "field 'conversation[0].is_human' is str, expected bool",
         ),
-        (parse_pippa, pippa_with(conversation=[{"is_human": True}]), "missing field 'message'"),
+        (
+            parse_pippa,
+            pippa_with(conversation=[{"is_human": True}]),
+            "missing field 'conversation[0].message'",
+        ),
         (
             parse_pippa,
             pippa_with(conversation=[{"message": 3, "is_human": True}]),
-            "field 'message' is int, expected str",
+            "field 'conversation[0].message' is int, expected str",
         ),
         (parse_sharegpt, "hello", "record is str, expected an object"),
         (parse_sharegpt, {"messages": []}, "missing field 'conversations'"),
@@ -427,8 +534,12 @@ def pippa_with(**changes):
             {"conversations": {"from": "human"}},
             "field 'conversations' is dict, expected list",
         ),
-        (parse_sharegpt, {"conversations": [{"from": "human", "value": 1}]}, "'value' is int, expected str"),
-        (parse_sharegpt, {"conversations": [{"value": "hi"}]}, "missing field 'from'"),
+        (
+            parse_sharegpt,
+            {"conversations": [{"from": "human", "value": 1}]},
+            "'messages[0].value' is int, expected str",
+        ),
+        (parse_sharegpt, {"conversations": [{"value": "hi"}]}, "missing field 'messages[0].from'"),
         (
             parse_sharegpt,
             {"conversations": [{"from": "human", "value": "hi"}, {"from": "bard", "value": "yo"}]},
@@ -440,7 +551,11 @@ def pippa_with(**changes):
             {"messages": [{"role": "tool", "content": "{}"}]},
             "[0].role is 'tool', expected one of",
         ),
-        (parse_openai, {"messages": [{"role": "user", "content": ["a"]}]}, "'content' is list, expected str"),
+        (
+            parse_openai,
+            {"messages": [{"role": "user", "content": ["a"]}]},
+            "'messages[0].content' is list, expected str",
+        ),
         (parse_alpaca, {"instruction": "Do it."}, "missing field 'output'"),
         (parse_alpaca, {"output": "Done."}, "missing field 'instruction'"),
         (
@@ -454,12 +569,29 @@ def pippa_with(**changes):
             "field 'input' is int, expected str",
         ),
         (parse_alpaca, 42, "record is int, expected an object"),
+        (parse_openai, {"messages": ["hi"]}, "messages[0] is str, expected an object"),
+        (
+            parse_openai,
+            {"messages": [{"role": "user", "content": None}]},
+            "missing field 'messages[0].content'",
+        ),
+        (
+            parse_pippa,
+            pippa_with(conversation=[PIPPA["conversation"][0], {"message": "Hi", "is_human": 1}]),
+            "field 'conversation[1].is_human' is int, expected bool",
+        ),
+        (
+            parse_openai,
+            {"messages": [{"role": "x" * 1000, "content": "hi"}]},
+            "messages[0].role is 'xxx",  # a long value is cut short: a reason is one short line
+        ),
     ],
 )
 def test_bad_record_is_a_record_error_with_its_reason(parse, record, reason):
     with pytest.raises(RecordError) as error:
         parse(record)
     assert reason in str(error.value)
+    assert len(str(error.value)) < 150 and "\n" not in str(error.value)
 
 
 def test_unknown_sharegpt_role_names_the_accepted_roles():

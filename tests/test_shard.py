@@ -89,3 +89,53 @@ def test_packed_document_sees_nothing_of_its_neighbours(tiny_tokenizer):
         packed = model(input_ids=packed_ids, position_ids=positions, use_cache=False).logits[0, len(a) :]
         alone = model(input_ids=b.unsqueeze(0), use_cache=False).logits[0]
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+
+
+def run_shard(workdir, workers: int, tokenizer, conversations) -> dict[str, str]:
+    """Run the real stage in `workdir`; return the sha256 of every output file."""
+    import shard as shard_stage
+    import yaml
+    from base_model import scratch_model
+
+    from chatmill.io import sha256_file, write_parquet
+    from chatmill.schema import CONVERSATION_SCHEMA
+
+    if not (workdir / "models/base").exists():
+        sizes = {
+            "vocab_size": 300,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+        }
+        tokenizer.save_pretrained(workdir / "models/base")
+        scratch_model(sizes, tokenizer, seed=0).save_pretrained(workdir / "models/base")
+        (workdir / "data/mixed").mkdir(parents=True)
+        write_parquet(workdir / "data/mixed/conversations.parquet", CONVERSATION_SCHEMA, conversations)
+    params = {
+        "shard": {"seq_len": 64, "eval_fraction": 0.1, "seed": 0, "workers": workers},
+        "train": {"parts": 2, "global_batch": 2},
+    }
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    shard_stage.main()
+    return {
+        str(path.relative_to(workdir)): sha256_file(path)
+        for path in sorted((workdir / "data/shards").rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_output_is_byte_identical_for_one_and_two_workers(
+    tmp_path, monkeypatch, tiny_tokenizer, conversation_factory
+):
+    monkeypatch.setattr("shard.ENCODE_BATCH", 7)  # many batches, so order across workers matters
+    conversations = [
+        conversation_factory(f"c{i:03d}", bot_replies=("Hello there.",) * (1 + i % 4), user=f"Hi number {i}.")
+        for i in range(120)
+    ]
+    monkeypatch.chdir(tmp_path)
+    one = run_shard(tmp_path, 1, tiny_tokenizer, conversations)
+    two = run_shard(tmp_path, 2, tiny_tokenizer, conversations)
+    assert one == two and len(one) >= 10

@@ -1,5 +1,22 @@
+import numpy as np
 import pytest
-from train import accumulation_steps, deepspeed_config, launch_command, learning_rate, validate_train
+import torch
+import train
+from train import (
+    accumulation_steps,
+    deepspeed_config,
+    eval_rows,
+    flops_per_token,
+    launch_command,
+    learning_rate,
+    matmul_parameters,
+    mfu,
+    newest_checkpoint,
+    rng_state,
+    run_fingerprint,
+    set_rng_state,
+    validate_train,
+)
 
 from chatmill.errors import ChatmillError
 
@@ -16,6 +33,11 @@ TRAIN = {
     "seed": 0,
     "gpus": 4,
     "hostfile": None,
+    "save_every": 20,
+    "gradient_checkpointing": True,
+    "compile": False,
+    "fused_optimizer": True,
+    "peak_tflops": 154.8,
 }
 
 
@@ -42,11 +64,21 @@ def test_deepspeed_config_carries_zero_stage_and_bf16():
 
 def test_launch_command_for_gpus_and_nodes(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
+    # 4 GPUs on one node; the ranks read LOCAL_RANK, so no --local_rank argument reaches argparse
     command = launch_command(TRAIN, part=3)
-    assert command[:3] == ["deepspeed", "--num_gpus", "4"] and command[-2:] == ["--part", "3"]
-    nodes = launch_command({**TRAIN, "hostfile": "hostfile.txt"}, part=1)
-    assert nodes[:3] == ["deepspeed", "--hostfile", "hostfile.txt"]
+    assert command[:4] == ["deepspeed", "--no_local_rank", "--num_gpus", "4"]
+    assert command[-3:] == [train.__file__, "--part", "3"]
+    # 2 nodes of 4 GPUs from a hostfile; gpus 0 takes every slot the hostfile lists
+    nodes = launch_command({**TRAIN, "hostfile": "hostfile"}, part=1)
+    assert nodes[:6] == ["deepspeed", "--no_local_rank", "--hostfile", "hostfile", "--num_gpus", "4"]
+    assert launch_command({**TRAIN, "gpus": 0, "hostfile": "hostfile"}, part=1)[:4] == [
+        "deepspeed",
+        "--no_local_rank",
+        "--hostfile",
+        "hostfile",
+    ]
     assert launch_command({**TRAIN, "gpus": 0}, part=1) is None
+    assert launch_command({**TRAIN, "gpus": 1}, part=1) is None  # one GPU: this process
     monkeypatch.setenv("LOCAL_RANK", "0")  # already launched: run in this process
     assert launch_command(TRAIN, part=1) is None
 
@@ -56,3 +88,70 @@ def test_bad_train_params_are_named():
         validate_train({**TRAIN, "zero_stage": 4})
     with pytest.raises(ChatmillError, match="train.micro_batch=0 must be positive"):
         validate_train({**TRAIN, "micro_batch": 0})
+    with pytest.raises(ChatmillError, match="train.peak_tflops=0 must be positive"):
+        validate_train({**TRAIN, "peak_tflops": 0})
+    with pytest.raises(ChatmillError, match="train.compile must be bool"):
+        validate_train({**TRAIN, "compile": "yes"})
+    with pytest.raises(ChatmillError, match="train.save_every is missing"):
+        validate_train({key: value for key, value in TRAIN.items() if key != "save_every"})
+
+
+def test_mfu_counts_six_flops_per_weight_and_the_attention_term():
+    # GPT-J-6B: 28 layers, hidden 4096, seq 2048; ~6.05e9 weights besides the input embedding
+    flops = flops_per_token(6_050_000_000, 28, 4096, 2048)
+    assert flops == 6 * 6_050_000_000 + 12 * 28 * 4096 * 2048
+    # 4 A6000s (154.8 TFLOPS dense bf16 each) at 2,000 tokens/s: about 12.6% MFU
+    assert mfu(2000, flops, 4, 154.8) == pytest.approx(2000 * flops / (4 * 154.8e12))
+    assert 0.125 < mfu(2000, flops, 4, 154.8) < 0.127
+
+
+def test_matmul_parameters_skip_the_input_embedding_lookup(tiny_tokenizer):
+    from base_model import scratch_model
+
+    sizes = {"vocab_size": 300, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    sizes |= {"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
+    model = scratch_model(sizes, tiny_tokenizer, seed=0)
+    embedding = model.get_input_embeddings().weight
+    assert matmul_parameters(model) == sum(p.numel() for p in model.parameters())  # tied: counted once
+    model.lm_head.weight = torch.nn.Parameter(embedding.detach().clone())  # untied, as in GPT-J
+    assert matmul_parameters(model) == sum(p.numel() for p in model.parameters()) - embedding.numel()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_rows_cover_the_split_once_in_equal_rounds(world_size):
+    per_rank = [list(eval_rows(11, 2, rank, world_size)) for rank in range(world_size)]
+    assert len({len(batches) for batches in per_rank}) == 1  # ZeRO-3: same number of forwards
+    rows = np.concatenate([rows for batches in per_rank for rows in batches])
+    assert sorted(rows[rows < 11]) == list(range(11))
+
+
+def test_newest_checkpoint_ignores_partial_ones(tmp_path):
+    assert newest_checkpoint(tmp_path / "missing") is None
+    for name in ("step-000005", "step-000010", ".step-000015.tmp"):
+        (tmp_path / name).mkdir()
+    assert newest_checkpoint(tmp_path) == tmp_path / "step-000010"
+
+
+def test_fingerprint_changes_with_params_world_size_and_inputs(tmp_path):
+    (tmp_path / "shard").mkdir()
+    (tmp_path / "shard/input_ids.npy").write_bytes(b"1234")
+    inputs = [tmp_path / "shard"]
+    fingerprint = run_fingerprint(TRAIN, 1, 4, inputs)
+    assert run_fingerprint(dict(reversed(TRAIN.items())), 1, 4, inputs) == fingerprint
+    assert run_fingerprint({**TRAIN, "lr": 1e-5}, 1, 4, inputs) != fingerprint
+    assert run_fingerprint(TRAIN, 2, 4, inputs) != fingerprint
+    assert run_fingerprint(TRAIN, 1, 2, inputs) != fingerprint
+    (tmp_path / "shard/input_ids.npy").write_bytes(b"12345")
+    assert run_fingerprint(TRAIN, 1, 4, inputs) != fingerprint
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    torch.save(rng_state(torch.device("cpu")), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), torch.device("cpu"))
+    actual = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], actual[0]) and np.array_equal(expected[1], actual[1])
+    assert expected[2] == actual[2]

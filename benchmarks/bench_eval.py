@@ -1,0 +1,142 @@
+"""Sample-eval generation benchmark: `make bench-eval [MODEL=models/part-NN]`.
+
+Generates replies to sample-eval's prompts (held-out conversations from data/shards/eval and the
+zero-/few-shot prompt sets of params.yaml) with the first setting of eval.grid, three ways:
+  naive      one prompt at a time, without the KV cache (every step re-reads the whole context);
+  one-by-one one prompt at a time, with the KV cache;
+  batched    eval.batch_size prompts at a time, left-padded, with the KV cache (what sample-eval does).
+Throughput is generated tokens (up to where each reply ended) per second, of the fastest of
+--repeats runs per mode (the modes take turns). On a GPU it runs there; on the CPU with torch's
+thread count (--threads to change it). Results: printed, and written to benchmarks/results/eval.json.
+"""
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoTokenizer
+
+from chatmill.generation import device, generate_replies, generation_config, load_model, pad_id
+from chatmill.io import read_parquet, write_json
+from chatmill.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "stages"))
+
+import sample_eval  # noqa: E402  (a stage script, found through the path above)
+
+RESULTS = ROOT / "benchmarks/results/eval.json"
+
+
+def timed(model, tokenizer, prompts: list[list[int]], config, batch_size: int, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    replies = generate_replies(model, tokenizer, prompts, config, batch_size)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    tokens = sum(reply.new_tokens for reply in replies)
+    return {
+        "seconds": round(seconds, 3),
+        "replies": len(replies),
+        "new_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "replies_per_s": round(len(replies) / seconds, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="models/part-10", help="a model folder (default models/part-10)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--batch-size", type=int, help="default: eval.batch_size")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per mode; the fastest counts (default 3)"
+    )
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = sample_eval.validate_eval(load_params("eval")["eval"])
+    batch_size = args.batch_size or params["batch_size"]
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(f"bench-eval: {model_dir} is not a model folder; run `dvc repro` or pass MODEL=")
+    if not (sample_eval.EVAL_DIR / "conversations.parquet").is_file():
+        raise SystemExit(f"bench-eval: {sample_eval.EVAL_DIR} not found; run `dvc repro shard`")
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_model(model_dir, device())
+    prompts = sample_eval.heldout_prompts(
+        read_parquet(sample_eval.EVAL_DIR / "conversations.parquet"), params["prompts"]
+    ) + sample_eval.load_prompt_sets(params["prompt_sets"])
+    max_prompt = model.config.max_position_embeddings - params["max_new_tokens"]
+    encoded = [sample_eval.prompt_ids(tokenizer, prompt, max_prompt) for prompt in prompts]
+    config = generation_config(
+        params["grid"][0], params["max_new_tokens"], tokenizer.eos_token_id, pad_id(tokenizer)
+    )
+    timed(model, tokenizer, encoded[:2], config, 2, params["seed"])  # warm-up: kernels, stop-string tables
+
+    no_cache = copy.deepcopy(config)
+    no_cache.use_cache = False
+    modes = {"naive": (no_cache, 1), "one-by-one": (config, 1), "batched": (config, batch_size)}
+    runs: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeats):  # modes take turns, so a busy moment of the machine hits them alike
+        for name, (mode_config, size) in modes.items():
+            result = timed(model, tokenizer, encoded, mode_config, size, params["seed"])
+            if name not in runs or result["seconds"] < runs[name]["seconds"]:
+                runs[name] = result
+    baseline = runs["one-by-one"]["tokens_per_s"]
+    for result in runs.values():
+        result["speedup_vs_one_by_one"] = round(result["tokens_per_s"] / baseline, 2)
+    results = {
+        "model": str(model_dir),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": torch.cuda.get_device_name()
+        if model.device.type == "cuda"
+        else f"CPU, {os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "prompts": len(encoded),
+        "mean_prompt_tokens": round(sum(map(len, encoded)) / len(encoded), 1),
+        "max_new_tokens": params["max_new_tokens"],
+        "batch_size": batch_size,
+        "repeats": args.repeats,
+        "setting": params["grid"][0].name,
+        "runs": runs,
+    }
+    write_json(RESULTS, results)
+
+    table = Table(title=f"sample-eval generation: {model_dir} on {results['device']}, {len(encoded)} prompts")
+    for column in ("mode", "batch", "cache", "seconds", "tokens", "tokens/s", "replies/s", "speedup"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for name, result in runs.items():
+        table.add_row(
+            name,
+            str(batch_size if name == "batched" else 1),
+            "no" if name == "naive" else "yes",
+            f"{result['seconds']:.2f}",
+            str(result["new_tokens"]),
+            f"{result['tokens_per_s']:.0f}",
+            f"{result['replies_per_s']:.1f}",
+            f"{result['speedup_vs_one_by_one']:.2f}x",
+        )
+    Console(width=100).print(table)
+    print(
+        f"{RESULTS.relative_to(ROOT)}: {results['parameters']:,} parameters, "
+        f"torch threads {results['torch_threads']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,672 @@
+"""release: push a trained part to the Hugging Face Hub, as a model the community can load at once.
+
+    python stages/release.py [--part N] [--repo OWNER/NAME] [--dry-run]      (`make release`)
+
+Not a DVC stage: it publishes what the pipeline made. It builds release/ from models/part-NN (the
+last trained part unless --part): the weights as safetensors in shards of release.max_shard_size,
+the tokenizer with a chat template for the training prompt format, generation_config.json with the
+recommended sampling setting (release.sampling, one of eval.grid) and a model card README.md with
+the data, training, metrics and provenance. Then it pushes that folder to release.repo_id, branch
+release.revision, in one commit. It refuses without a token (HF_TOKEN or `hf auth login`), with
+uncommitted changes, or when `dvc status` says the part is stale; --dry-run only warns, builds
+release/ and prints what would be pushed. The token goes to huggingface_hub and nowhere else.
+"""
+
+import argparse
+import fnmatch
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import yaml
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCardData, get_token
+from sample_eval import Setting, validate_grid
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers.utils.hub import convert_file_size_to_int
+from transformers.utils.logging import disable_progress_bar
+
+import chatmill
+from chatmill.errors import ChatmillError, exit_on_error
+from chatmill.io import atomic_dir, read_json
+from chatmill.params import load_params, require
+from chatmill.prompt import chat_template, render_text
+from chatmill.shards import part_name
+from chatmill.sources import HubFile, parse_uri, validate_sources
+
+MODELS_DIR = Path("models")
+RELEASE_DIR = Path("release")
+LOCK_FILE = Path("dvc.lock")
+METRICS_FILE = Path("metrics/sample-eval.json")
+STATS_FILES = {
+    "clean": Path("data/clean/stats.json"),
+    "trim": Path("data/trimmed/stats.json"),
+    "mix": Path("data/mixed/stats.json"),
+    "shard": Path("data/shards/stats.json"),
+}
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# Weights of an earlier push that would shadow the new ones (transformers prefers model.safetensors
+# to shards): deleted from the branch in the same commit. Other files on the branch are kept.
+STALE_WEIGHTS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model*.bin.index.json",
+)
+VERSIONS = ("transformers", "torch", "huggingface_hub", "dvc")
+
+
+# --- Params --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseParams:
+    repo_id: str | None
+    revision: str
+    private: bool
+    experiment: str
+    bot_name: str
+    sampling: Setting
+    max_shard_size: str
+    license: str
+    tags: list[str]
+
+
+def _nonempty(section: dict[str, Any], key: str) -> str:
+    value = require(section, key, "release", str)
+    if not value.strip():
+        raise ChatmillError(f"params.yaml: release.{key} is empty; set it")
+    return value
+
+
+def validate_release(section: dict[str, Any], grid: list[Setting], repo: str | None) -> ReleaseParams:
+    """`repo` (REPO= on the command line) overrides release.repo_id; no repo at all is allowed until
+    something is pushed."""
+    repo_id = repo or require(section, "repo_id", "release", (str, type(None)))
+    if repo_id is not None and not REPO_ID.fullmatch(repo_id):
+        raise ChatmillError(f"release: repo {repo_id!r} must be OWNER/NAME (release.repo_id or REPO=)")
+    settings = {setting.name: setting for setting in grid}
+    sampling = require(section, "sampling", "release", str)
+    if sampling not in settings:
+        raise ChatmillError(
+            f"params.yaml: release.sampling {sampling!r} is not a setting of eval.grid; use one of "
+            f"{', '.join(settings)}"
+        )
+    max_shard_size = str(require(section, "max_shard_size", "release", (str, int)))
+    try:
+        convert_file_size_to_int(max_shard_size)
+    except ValueError:
+        raise ChatmillError(
+            f"params.yaml: release.max_shard_size {max_shard_size!r} must be a size such as 5GB"
+        ) from None
+    tags = require(section, "tags", "release", list)
+    if not all(isinstance(tag, str) for tag in tags):
+        raise ChatmillError(f"params.yaml: release.tags must be a list of strings, got {tags!r}")
+    return ReleaseParams(
+        repo_id=repo_id,
+        revision=_nonempty(section, "revision"),
+        private=require(section, "private", "release", bool),
+        experiment=_nonempty(section, "experiment"),
+        bot_name=_nonempty(section, "bot_name"),
+        sampling=settings[sampling],
+        max_shard_size=max_shard_size,
+        license=_nonempty(section, "license"),
+        tags=tags,
+    )
+
+
+def last_trained_part(parts: int) -> int:
+    trained = [k for k in range(1, parts + 1) if (MODELS_DIR / part_name(k) / "config.json").is_file()]
+    if not trained:
+        raise ChatmillError(
+            "release: no trained part in models/; run `dvc repro train-part1` or `make repro`"
+        )
+    return trained[-1]
+
+
+# --- Provenance ----------------------------------------------------------------------------------
+
+
+def lineage(lock: dict[str, Any], targets: list[str]) -> list[tuple[str, str, str]]:
+    """(stage, output, md5) of the target stages and of every stage upstream of them, in dvc.lock order."""
+    stages = lock.get("stages", {})
+    for target in targets:
+        if target not in stages:
+            raise ChatmillError(f"release: {LOCK_FILE} has no stage {target}; run `dvc repro {target}`")
+    producers = {out["path"]: name for name, stage in stages.items() for out in stage.get("outs", [])}
+    needed: set[str] = set()
+    todo = list(targets)
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        for dep in stages[name].get("deps", []):
+            todo += [
+                producer
+                for path, producer in producers.items()
+                if dep["path"] == path or dep["path"].startswith(path + "/")
+            ]
+    return [
+        (name, out["path"], out.get("md5", ""))
+        for name, stage in stages.items()
+        if name in needed
+        for out in stage.get("outs", [])
+    ]
+
+
+def commit_message(release: ReleaseParams, part: int, parts: int, git_commit: str) -> str:
+    return f"Part {part}/{parts} of {release.experiment}, git {git_commit}"
+
+
+def hub_datasets(sources: dict[str, dict]) -> list[str]:
+    """The Hub data sets among the sources (hf://datasets/OWNER/NAME/...), for the card's metadata."""
+    locations = [parse_uri(spec["uri"]) for spec in sources.values()]
+    return list(dict.fromkeys(where.repo_id for where in locations if isinstance(where, HubFile)))
+
+
+def hub_base_model(base: str) -> str | None:
+    """model.base when it is a Hub id (not scratch, not a local folder)."""
+    return base if REPO_ID.fullmatch(base) and not Path(base).exists() else None
+
+
+# --- The folder ----------------------------------------------------------------------------------
+
+
+def generation_config(
+    setting: Setting, max_new_tokens: int, tokenizer: PreTrainedTokenizerBase
+) -> GenerationConfig:
+    """The recommended setting, every value explicit (top_k 0 = off), and where a reply ends."""
+    eos_id = tokenizer.eos_token_id
+    return GenerationConfig(
+        do_sample=True,
+        temperature=setting.temperature,
+        top_p=setting.top_p,
+        top_k=setting.top_k,
+        repetition_penalty=setting.repetition_penalty,
+        max_new_tokens=max_new_tokens,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
+    )
+
+
+def build_folder(
+    model_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    out: Path,
+    release: ReleaseParams,
+    max_new_tokens: int,
+    card: str,
+) -> list[Path]:
+    """Write the release folder (replacing any earlier one); return its files, relative to it."""
+    tokenizer.chat_template = chat_template(release.bot_name)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    model.generation_config = generation_config(release.sampling, max_new_tokens, tokenizer)
+    with atomic_dir(out) as folder:
+        model.save_pretrained(folder, max_shard_size=release.max_shard_size)
+        tokenizer.save_pretrained(folder)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+    return sorted(path.relative_to(out) for path in out.rglob("*") if path.is_file())
+
+
+# --- The model card ------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "—" if value is None else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def counts(mapping: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in mapping.items()) or "none"
+
+
+def card_metadata(release: ReleaseParams, params: dict[str, Any]) -> str:
+    return ModelCardData(
+        license=release.license,
+        base_model=hub_base_model(str(params["model"]["base"])),
+        datasets=hub_datasets(params["sources"]) or None,
+        tags=release.tags or None,
+        pipeline_tag="text-generation",
+        library_name="transformers",
+    ).to_yaml()
+
+
+def usage_section(release: ReleaseParams) -> str:
+    repo = release.repo_id or "OWNER/NAME"
+    return f"""## Usage
+
+```python
+from transformers import pipeline
+
+chat = pipeline("text-generation", model="{repo}", revision="{release.revision}")
+messages = [
+    {{"role": "system", "content": "A retired sea captain who runs the harbour inn."}},  # the persona
+    {{"role": "user", "content": "Any rooms free tonight?"}},
+]
+variables = {{"bot_name": "Mira", "scenario": "A stormy evening."}}
+out = chat(messages, tokenizer_encode_kwargs=variables, stop_sequence="\\nYou:")
+print(out[0]["generated_text"][-1]["content"])
+```
+
+`generation_config.json` holds the recommended sampling settings, so `generate()` and the pipeline
+sample with them unless told otherwise. The chat template takes two optional variables:
+`bot_name` (default **{release.bot_name}**) and `scenario` (default empty), e.g.
+`tokenizer.apply_chat_template(messages, add_generation_prompt=True, bot_name="Mira")`. A reply
+ends with the end-of-turn token; `stop_sequence="\\nYou:"` (or `stop_strings=["\\nYou:"]` and
+`tokenizer=` for `generate()`) also cuts one that runs on into your next turn.
+"""
+
+
+def prompt_section(bot_name: str, eos_token: str) -> str:
+    example = {
+        "bot_name": "{bot}",
+        "persona": "{persona}",
+        "scenario": "{scenario}",
+        "turns": [
+            {"role": "user", "name": "You", "text": "{user message}"},
+            {"role": "bot", "name": "{bot}", "text": "{reply}"},
+        ],
+    }
+    return f"""## Prompt format
+
+The model was trained on conversations in this format (the Pygmalion format); the tokenizer's chat
+template renders messages the same way, token for token:
+
+```
+{render_text(example, eos_token)}```
+
+- `system`: the first system message is the persona; later ones are narration lines, as written;
+- `user`: a `You: ...` line;
+- `assistant`: a `{{bot}}: ...{eos_token}` line, where `{{bot}}` is the `bot_name` template variable
+  (default **{bot_name}**). Training computed the loss on the reply and its `{eos_token}` only;
+  generation stops at `{eos_token}`.
+"""
+
+
+def sampling_section(release: ReleaseParams, max_new_tokens: int) -> str:
+    setting = release.sampling
+    values = table(
+        ["do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"],
+        [
+            [
+                True,
+                setting.temperature,
+                setting.top_p,
+                f"{setting.top_k} (0 = off)",
+                setting.repetition_penalty,
+                max_new_tokens,
+            ]
+        ],
+    )
+    return f"""## Recommended sampling
+
+`generation_config.json` holds setting `{setting.name}` of the sample-eval grid (`release.sampling`):
+
+{values}
+"""
+
+
+def data_section(params: dict[str, Any], stats: dict[str, dict], part: int) -> str:
+    sources, trim = params["sources"], params["trim"]
+    clean, trimmed, mixed, shards = stats["clean"], stats["trim"], stats["mix"], stats["shard"]
+    source_rows = [
+        [name, spec.get("format"), f"`{spec.get('uri')}`", spec.get("trim"), spec.get("weight")]
+        for name, spec in sources.items()
+    ]
+    if trim.get("enabled", True):
+        rule = (
+            f"Conversations whose median bot reply is at most {trim.get('threshold')} {trim.get('unit')} are "
+            f"dropped; the chance of keeping one rises ({trim.get('curve')}) to 1 over the next "
+            f"{trim.get('ramp')} {trim.get('unit')} (seed {trim.get('seed')})."
+        )
+    else:
+        rule = "Length-trim was disabled (`trim.enabled: false`): every conversation was kept."
+    trim_rows = [
+        [name, source.get("trimmed"), source.get("in"), source.get("out")]
+        for name, source in trimmed.get("sources", {}).items()
+    ]
+    mix_rows = [
+        [
+            name,
+            share.get("weight"),
+            share.get("target_share"),
+            share.get("share"),
+            share.get("rows"),
+            share.get("repeats"),
+        ]
+        for name, share in mixed.get("composition", {}).items()
+    ]
+    trained = {part_name(k) for k in range(1, part + 1)}
+    shard_rows = [
+        [name, numbers.get("sequences"), numbers.get("tokens"), numbers.get("supervised_tokens")]
+        for name, numbers in shards.get("parts", {}).items()
+        if name in trained
+    ]
+    return f"""## Training data
+
+{table(["source", "format", "uri", "length-trim", "weight"], source_rows)}
+
+**Cleaning**: {clean.get("in")} records in, {clean.get("out")} conversations out; dropped:
+{counts(clean.get("dropped", {}))}; quarantined (malformed): {clean.get("quarantined")}.
+
+**Length-trim** (against replies like "...", "Yes.", "Hm?"): {rule} Kept {trimmed.get("out")} of
+{trimmed.get("in")} conversations (keep rate {trimmed.get("keep_rate")}).
+
+{table(["source", "trimmed", "in", "out"], trim_rows)}
+
+**Mix** (shares counted in {mixed.get("by")}): {mixed.get("out")} conversations; dropped:
+{counts(mixed.get("dropped", {}))}.
+
+{table(["source", "weight", "target share", "share", "conversations", "repeats"], mix_rows)}
+
+**Shards**: sequences of {shards.get("seq_len")} tokens; loss on the bot replies only. The parts this
+model was trained on:
+
+{table(["part", "sequences", "tokens", "supervised tokens"], shard_rows)}
+"""
+
+
+def training_section(params: dict[str, Any], train_state: dict[str, Any]) -> str:
+    model, train = params["model"], params["train"]
+    rows = [[f"model.{key}", f"`{model.get(key)}`"] for key in ("base", "revision")]
+    rows += [[f"train.{key}", value] for key, value in train.items()]
+    rows += [[key, value] for key, value in train_state.items()]
+    return f"""## Training
+
+DeepSpeed (ZeRO stage {train.get("zero_stage")}), effective batch {train.get("global_batch")}, one
+part after another, each continuing the optimizer, learning-rate schedule and global step of the
+one before.
+
+{table(["setting", "value"], rows)}
+"""
+
+
+def evaluation_section(
+    metrics: dict[str, Any] | None, eval_params: dict[str, Any], release: ReleaseParams, model_dir: Path
+) -> str:
+    if metrics is None:
+        return f"""## Evaluation
+
+Not evaluated: `{METRICS_FILE}` is for `{eval_params.get("model")}`, not `{model_dir}`. Set
+`eval.model: {model_dir}` and run `dvc repro sample-eval` to measure this part.
+"""
+    rows = [
+        [
+            f"`{name}`" + (" (recommended)" if name == release.sampling.name else ""),
+            numbers.get("short_rate"),
+            numbers.get("median_words"),
+            numbers.get("distinct_2"),
+            numbers.get("n_replies"),
+        ]
+        for name, numbers in sorted(metrics.get("settings", {}).items())
+    ]
+    overall = metrics.get("overall", {})
+    rows.append(
+        [
+            "all settings",
+            overall.get("short_rate"),
+            overall.get("median_words"),
+            overall.get("distinct_2"),
+            overall.get("n_replies"),
+        ]
+    )
+    return f"""## Evaluation
+
+sample-eval: replies sampled from this model for every setting of the grid (up to
+{eval_params.get("max_new_tokens")} new tokens each), among them replies to the last user turn of
+{eval_params.get("prompts")} held-out conversations. Held-out loss {metrics.get("eval_loss")} per
+supervised token (perplexity {metrics.get("perplexity")}). `short_rate` is the share of replies under
+{eval_params.get("short_words")} words or of one word at most ("...", "Yes.", "Hm?"); `distinct_2` the
+share of distinct word bigrams.
+
+{table(["setting", "short_rate", "median_words", "distinct_2", "replies"], rows)}
+"""
+
+
+def limitations_section(release: ReleaseParams, part: int, parts: int) -> str:
+    unfinished = (
+        f"\n- Part {part} of {parts}: an intermediate checkpoint, trained on {part}/{parts} of the data."
+        if part < parts
+        else ""
+    )
+    return f"""## Limitations
+
+- A role-play model trained on community chat logs: it writes fiction, in character. It can produce
+  offensive, sexual or false content; do not rely on it for facts, advice or anything safety-critical.
+- The logs were contributed by the community and may contain personal data that cleaning missed.
+- Instruction following is a side skill: zero-shot requests often need several regenerations,
+  few-shot prompts (worked examples earlier in the conversation) do better, and long complete
+  answers (recipes, working code) are prone to hallucination.
+- It can latch onto a mannerism and repeat it; the recommended setting uses repetition_penalty
+  {release.sampling.repetition_penalty}.{unfinished}
+"""
+
+
+def provenance_section(
+    params: dict[str, Any], git_commit: str, dirty: bool, hashes: list[tuple[str, str, str]]
+) -> str:
+    state = " (with uncommitted changes: a dry run, never pushed)" if dirty else ""
+    versions = ", ".join(f"{name} {version(name)}" for name in VERSIONS)
+    return f"""## Provenance
+
+- git commit `{git_commit}`{state}
+- chatmill {chatmill.__version__}; {versions}
+- the outputs of the stages that made this model, as `dvc.lock` records them:
+
+{table(["stage", "output", "md5"], [[stage, f"`{path}`", f"`{md5}`"] for stage, path, md5 in hashes])}
+
+To rebuild it: `git checkout {git_commit}`, then `dvc pull` or `dvc repro`.
+
+<details><summary>params.yaml</summary>
+
+```yaml
+{yaml.safe_dump(params, sort_keys=False, allow_unicode=True)}```
+
+</details>
+"""
+
+
+def model_card(
+    release: ReleaseParams,
+    part: int,
+    params: dict[str, Any],
+    stats: dict[str, dict],
+    train_state: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    git_commit: str,
+    dirty: bool,
+    hashes: list[tuple[str, str, str]],
+    eos_token: str,
+) -> str:
+    parts = params["train"]["parts"]
+    name = release.repo_id.split("/")[1] if release.repo_id else "chatmill model"
+    model_dir = MODELS_DIR / part_name(part)
+    base = params["model"]["base"]
+    origin = "trained from scratch" if base == "scratch" else f"fine-tuned from `{base}`"
+    sections = [
+        f"---\n{card_metadata(release, params)}\n---\n\n# {name}\n\n"
+        f"**{release.experiment}, part {part}/{parts}**: a conversational (role-play) model {origin} "
+        "by chatmill on community chat logs and instruction data.\n",
+        usage_section(release),
+        prompt_section(release.bot_name, eos_token),
+        sampling_section(release, params["eval"]["max_new_tokens"]),
+        data_section(params, stats, part),
+        training_section(params, train_state),
+        evaluation_section(metrics, params["eval"], release, model_dir),
+        limitations_section(release, part, parts),
+        provenance_section(params, git_commit, dirty, hashes),
+    ]
+    return "\n".join(sections)
+
+
+# --- Checks and the Hub --------------------------------------------------------------------------
+
+
+def first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def git(*args: str) -> str:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    if result.returncode:
+        raise ChatmillError(
+            f"release: `git {' '.join(args)}` failed: {first_line(result.stderr)}; "
+            "run from the repository root, after a first commit"
+        )
+    return result.stdout
+
+
+def git_state() -> tuple[str, list[str]]:
+    """The commit checked out, and the paths with uncommitted changes (untracked files included)."""
+    return git("rev-parse", "HEAD").strip(), [line[3:] for line in git("status", "--porcelain").splitlines()]
+
+
+def dvc_stale_stages(targets: list[str]) -> list[str]:
+    """The stages among the targets and their upstream ones whose outputs do not match code and params."""
+    command = [sys.executable, "-m", "dvc", "status", "--json", "--with-deps", *targets]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise ChatmillError(f"release: `dvc status` failed: {first_line(result.stderr)}")
+    return sorted(json.loads(result.stdout or "{}"))
+
+
+def some(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def refusals(token: str | None, repo_id: str | None, dirty: list[str], targets: list[str]) -> Iterator[str]:
+    """Reasons not to push, cheapest check first; lazy, so a refusal stops the slower checks."""
+    if token is None:
+        yield "no Hugging Face token: set HF_TOKEN or run `hf auth login`"
+    if repo_id is None:
+        yield "no Hub repo: set release.repo_id in params.yaml or pass REPO=OWNER/NAME"
+    if dirty:
+        yield f"the git tree has uncommitted changes ({some(dirty)}); commit them first"
+    stale = dvc_stale_stages(targets)
+    if stale:
+        yield (
+            f"`dvc status` is not clean ({some(stale)}): the model does not match the code and params; "
+            f"run `dvc repro {' '.join(targets)}` and commit dvc.lock"
+        )
+
+
+def push(api: HfApi, folder: Path, files: list[Path], release: ReleaseParams, message: str) -> str:
+    """Create the repo and branch if missing, set the visibility, commit the folder; return the URL."""
+    repo_id, revision = release.repo_id, release.revision
+    api.create_repo(repo_id, private=release.private, exist_ok=True)
+    api.update_repo_settings(repo_id, private=release.private)
+    if revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    local = {path.as_posix() for path in files}
+    stale = [
+        path
+        for path in api.list_repo_files(repo_id, revision=revision)
+        if path not in local and any(fnmatch.fnmatch(Path(path).name, pattern) for pattern in STALE_WEIGHTS)
+    ]
+    operations = [CommitOperationDelete(path_in_repo=path) for path in stale]
+    operations += [
+        CommitOperationAdd(path_in_repo=path.as_posix(), path_or_fileobj=folder / path) for path in files
+    ]
+    commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+    return commit.commit_url
+
+
+def push_error(error: Exception, repo_id: str) -> str:
+    """One line: what failed, what the Hub said, and for a refused token, what to check."""
+    reason = first_line(str(error))
+    if server := getattr(error, "server_message", None):
+        reason += f": {first_line(server)}"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    hint = f"; check that the token may write to {repo_id.split('/')[0]}" if status in (401, 403) else ""
+    return f"release: pushing to {repo_id} failed: {reason}{hint}"
+
+
+def describe(files: list[Path], folder: Path) -> str:
+    return "\n".join(f"  {path.as_posix():<40} {(folder / path).stat().st_size:>14,} bytes" for path in files)
+
+
+# --- Main ----------------------------------------------------------------------------------------
+
+
+@exit_on_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", type=int, help="the part to release (default: the last trained one)")
+    parser.add_argument("--repo", help="OWNER/NAME, instead of release.repo_id")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build release/ and print what would be pushed"
+    )
+    args = parser.parse_args()
+
+    params = load_params()
+    sections = load_params("release", "sources", "trim", "model", "train", "eval")
+    eval_params = sections["eval"]
+    validate_sources(sections["sources"])
+    release = validate_release(
+        sections["release"], validate_grid(require(eval_params, "grid", "eval")), args.repo
+    )
+    parts = require(sections["train"], "parts", "train", int)
+    part = last_trained_part(parts) if args.part is None else args.part
+    model_dir = MODELS_DIR / part_name(part)
+    if not 1 <= part <= parts or not (model_dir / "train_state.json").is_file():
+        raise ChatmillError(f"release: {model_dir} is not a trained part; run `dvc repro train-part{part}`")
+    evaluated = Path(require(eval_params, "model", "eval", str)) == model_dir
+    targets = [f"train-part{part}"] + (["sample-eval"] if evaluated else [])
+
+    token = get_token()
+    git_commit, dirty = git_state()
+    problems = refusals(token, release.repo_id, dirty, targets)
+    if args.dry_run:
+        for problem in problems:
+            print(f"warning: release: {problem} (DRY_RUN: not pushing anyway)", file=sys.stderr)
+    elif problem := next(problems, None):
+        raise ChatmillError(f"release: {problem}")
+
+    for path in [*STATS_FILES.values(), LOCK_FILE] + ([METRICS_FILE] if evaluated else []):
+        if not path.is_file():
+            raise ChatmillError(f"release: {path} not found; run `make repro` (or `dvc pull`)")
+    disable_progress_bar()  # transformers' bars for loading and saving: seconds, and noise in the log
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    card = model_card(
+        release,
+        part,
+        params,
+        {name: read_json(path) for name, path in STATS_FILES.items()},
+        read_json(model_dir / "train_state.json"),
+        read_json(METRICS_FILE) if evaluated else None,
+        git_commit,
+        bool(dirty),
+        lineage(yaml.safe_load(LOCK_FILE.read_text()), targets),
+        tokenizer.eos_token,
+    )
+    files = build_folder(model_dir, tokenizer, RELEASE_DIR, release, eval_params["max_new_tokens"], card)
+    message = commit_message(release, part, parts, git_commit)
+    visibility = "private" if release.private else "public"
+    where = f"{release.repo_id or 'OWNER/NAME'}, branch {release.revision} ({visibility})"
+    if args.dry_run:
+        print(f"release: DRY_RUN: built {RELEASE_DIR}/; would push it to {where} in one commit:")
+        print(f'  "{message}"\n{describe(files, RELEASE_DIR)}')
+        return
+    print(f"release: pushing {RELEASE_DIR}/ ({model_dir}) to {where}")
+    try:
+        url = push(HfApi(token=token), RELEASE_DIR, files, release, message)
+    except (OSError, httpx2.HTTPError, ValueError) as error:  # HTTP errors, no connection, offline mode
+        raise ChatmillError(push_error(error, release.repo_id)) from None
+    print(f"release: {message}: {url}")
+
+
+if __name__ == "__main__":
+    main()
