@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lint use bench-data release compare bench-eval chat
+.PHONY: setup repro test lint use bench-data bench-train bench-gpu release compare bench-eval chat
 
 setup: $(STAMP)
 
@@ -25,6 +25,19 @@ test: setup
 SIZE_MB ?= 100
 bench-data: setup
 	$(BIN)/python benchmarks/bench_data.py --size-mb $(SIZE_MB)
+
+# CPU training benchmark: the tiny scratch model trained on N sample conversations (default 60) packed
+# (chatmill), padded per conversation, and one example per reply; writes benchmarks/results/train.json.
+bench-train: setup
+	$(BIN)/python benchmarks/bench_train.py $(if $(N),--conversations $(N))
+
+# GPU training benchmark (a CUDA machine, one or more GPUs, no downloads): the packing-exactness tests
+# on the GPU attention paths, then a 1.1B Llama at seq 2048, bf16, ZeRO-1, packed vs padded: tokens/s
+# per GPU and MFU; writes benchmarks/results/gpu.json. ARGS passes options, e.g.
+# ARGS="--ways packed --compile --accumulation 8" (see benchmarks/bench_gpu.py --help).
+bench-gpu: setup
+	$(BIN)/python -m pytest -q tests/test_attention.py
+	$(BIN)/python benchmarks/bench_gpu.py $(ARGS)
 
 # sample-eval of two runs side by side: A and B are DVC experiments or git revisions (read from the
 # DVC cache; `workspace` too) or model folders such as models/part-03 (evaluated now with params.yaml's

@@ -3,7 +3,9 @@
 Quality filters (no bot turn, too-long messages, Zalgo text, a looping bot) are switched and tuned
 under `clean.filters.NAME` in params.yaml; exact and near-duplicate removal follow them. A filter
 may remember what it has kept (the duplicate filters do), so the stage runs them in a fixed order
-over the conversations in a fixed order.
+over the conversations in a fixed order. Filters that remember nothing may judge conversations in
+worker processes; those that remember run in the main process, in reading order, and may have the
+per-conversation part of their work (`prepare`) done ahead in a worker.
 """
 
 import math
@@ -13,19 +15,40 @@ from typing import Any, ClassVar
 
 from chatmill.errors import ChatmillError
 from chatmill.params import require
-from chatmill.schema import Conversation, bot_turn_texts
+from chatmill.schema import Conversation
 
 WORD = re.compile(r"\w+")
+_last_words: tuple[Conversation | None, list[list[str]]] = (None, [])
+
+
+def turn_words(conversation: Conversation) -> list[list[str]]:
+    """The lower-cased words of each turn. The looping-bot and near-duplicate filters both need them, for
+    one conversation after the other: the last conversation's are kept, so one regex pass serves both."""
+    global _last_words
+    if _last_words[0] is not conversation:  # `is`, and a reference held: no other conversation can match
+        _last_words = (conversation, [WORD.findall(turn["text"].lower()) for turn in conversation["turns"]])
+    return _last_words[1]
 
 
 class ConversationFilter(ABC):
     name: ClassVar[str]  # the drop reason in stats.json
     # Each param's type and inclusive range, checked by from_params.
     PARAMS: ClassVar[dict[str, tuple[type, float, float]]] = {}
+    # Whether keep() depends on the conversations seen before: if so it must see them all, in order.
+    remembers: ClassVar[bool] = False
 
     @abstractmethod
     def keep(self, conversation: Conversation) -> bool:
         """False drops the conversation, with this filter's name as the reason."""
+
+    def prepare(self, conversation: Conversation) -> Any:
+        """The part of keep()'s work that depends on this conversation alone, for keep_prepared();
+        pure, so a worker process can do it ahead."""
+        return None
+
+    def keep_prepared(self, conversation: Conversation, prepared: Any) -> bool:
+        """keep(), given what prepare() returned for the conversation."""
+        return self.keep(conversation)
 
     def stats(self) -> dict[str, Any]:
         """What the filter has to report beyond its drop count; empty for most."""
@@ -93,7 +116,8 @@ class Zalgo(ConversationFilter):
             conversation["scenario"],
             *(t["text"] for t in conversation["turns"]),
         ]
-        return not any(self.stack.search(text) for text in texts)
+        # The marks are not ASCII, and most text is: isascii() is far cheaper than the search.
+        return not any(not text.isascii() and self.stack.search(text) for text in texts)
 
 
 class LoopingBot(ConversationFilter):
@@ -117,9 +141,8 @@ class LoopingBot(ConversationFilter):
 
     def keep(self, conversation: Conversation) -> bool:
         replies = []
-        for text in bot_turn_texts(conversation):
-            words = WORD.findall(text.lower())
-            if len(words) >= self.min_words:
+        for turn, words in zip(conversation["turns"], turn_words(conversation), strict=True):
+            if turn["role"] == "bot" and len(words) >= self.min_words:
                 replies.append(set(zip(words, words[1:], strict=False)) or {tuple(words)})
         if len(replies) < self.min_replies:
             return True
@@ -131,13 +154,18 @@ class LoopingBot(ConversationFilter):
         return len(repeated) / len(replies) <= self.max_repeated_share
 
     def _alike(self, one: set, other: set) -> bool:
-        return len(one & other) >= self.similarity * len(one | other)
+        sizes = len(one), len(other)
+        if min(sizes) < self.similarity * max(sizes):  # Jaccard <= smaller / larger: no need to intersect
+            return False
+        shared = len(one & other)
+        return shared >= self.similarity * (sizes[0] + sizes[1] - shared)
 
 
 class ExactDuplicate(ConversationFilter):
     """The same conversation id (a hash of the normalised content) kept before: the first copy stays."""
 
     name = "duplicate"
+    remembers = True
 
     def __init__(self) -> None:
         self.seen: set[str] = set()

@@ -1,12 +1,15 @@
-"""File helpers shared by the stages: atomic outputs, stable hashes, JSON and parquet."""
+"""File helpers shared by the stages: atomic outputs, stable hashes, JSON and parquet; and the
+ordered process pool of the stages that spread per-record work over every core."""
 
+import collections
 import contextlib
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,41 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
+
+
+def worker_count(workers: int) -> int:
+    """0 means every core this process may use."""
+    return workers or len(os.sched_getaffinity(0))
+
+
+def ordered_pool_map(
+    function: Callable[[Any], Any],
+    tasks: Iterable,
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> Iterator[tuple[Any, Any]]:
+    """(task, function(task)) for every task, in input order, computed on `workers` processes, or in
+    this one when workers is 1 (after calling initializer here). Each worker process calls
+    initializer(*initargs) once. At most 2 x workers tasks are in flight, so memory stays flat however
+    long `tasks` is (Pool.imap would read all of them ahead); results in input order make the output
+    the same for any worker count."""
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for task in tasks:
+            yield task, function(task)
+        return
+    with multiprocessing.Pool(workers, initializer, initargs) as pool:  # leaving terminates the workers
+        in_flight: collections.deque = collections.deque()
+        for task in tasks:
+            in_flight.append((task, pool.apply_async(function, (task,))))
+            if len(in_flight) >= 2 * workers:
+                task, result = in_flight.popleft()
+                yield task, result.get()
+        while in_flight:
+            task, result = in_flight.popleft()
+            yield task, result.get()
 
 
 def write_parquet(path: Path, schema: pa.Schema, rows: Iterable[dict], batch_size: int = 2048) -> int:

@@ -119,6 +119,32 @@ _API_KEY_MARK = re.compile(
     r"sk-|_live_|_test_|hf_|gh[pousr]_|github_pat_|glpat-|AKIA|ASIA|AIza|xox|eyJ|PRIVATE KEY"
 )
 _DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = "0123456789"
+
+
+# The hints: named functions, not lambdas, so that a scrubber can be pickled to a worker process.
+def _has_url(text: str) -> bool:
+    return "://" in text
+
+
+def _has_api_key_mark(text: str) -> bool:
+    return _API_KEY_MARK.search(text) is not None
+
+
+def _has_at(text: str) -> bool:
+    return "@" in text
+
+
+def _has_colons(text: str) -> bool:
+    return text.count(":") >= 2
+
+
+def _has_digit(text: str) -> bool:
+    """Any Unicode digit, as \\d matches; ten substring searches are 7x faster than the regex."""
+    for digit in _ASCII_DIGITS:
+        if digit in text:
+            return True
+    return not text.isascii() and _DIGIT.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -132,13 +158,13 @@ class PiiType:
 
 
 PII_TYPES = (
-    PiiType("credential_url", "<CREDENTIAL_URL>", _URL, lambda text: "://" in text, _has_secret),
-    PiiType("api_key", "<API_KEY>", _API_KEY, _API_KEY_MARK.search),
-    PiiType("email", "<EMAIL>", _EMAIL, lambda text: "@" in text),
-    PiiType("card_number", "<CARD_NUMBER>", _CARD, _DIGIT.search, _is_card),
-    PiiType("ip_address", "<IP_ADDRESS>", _IPV6, lambda text: text.count(":") >= 2, _is_ipv6),
-    PiiType("ip_address", "<IP_ADDRESS>", _IPV4, _DIGIT.search),
-    PiiType("phone", "<PHONE>", _PHONE, _DIGIT.search, _is_phone),
+    PiiType("credential_url", "<CREDENTIAL_URL>", _URL, _has_url, _has_secret),
+    PiiType("api_key", "<API_KEY>", _API_KEY, _has_api_key_mark),
+    PiiType("email", "<EMAIL>", _EMAIL, _has_at),
+    PiiType("card_number", "<CARD_NUMBER>", _CARD, _has_digit, _is_card),
+    PiiType("ip_address", "<IP_ADDRESS>", _IPV6, _has_colons, _is_ipv6),
+    PiiType("ip_address", "<IP_ADDRESS>", _IPV4, _has_digit),
+    PiiType("phone", "<PHONE>", _PHONE, _has_digit, _is_phone),
 )
 TYPE_NAMES = tuple(dict.fromkeys(pii.name for pii in PII_TYPES))
 
@@ -159,10 +185,29 @@ class PiiScrubber:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def scrub(self, text: str) -> str:
-        for pii in self.types:
-            if pii.hint(text):
-                text = pii.pattern.sub(lambda match, pii=pii: self._replace(pii, match), text)
+    def take_counts(self) -> Counter:
+        """The counts so far, which start again from zero: a worker process reports them per batch."""
+        counts, self.counts = self.counts, Counter(dict.fromkeys(self.counts, 0))
+        return counts
+
+    def hinted_types(self, text: str, among: list[PiiType] | None = None) -> list[PiiType]:
+        """The types (of `among`, by default all chosen) whose hint holds for the text. A hint that fails
+        for a text fails for every part of it (each is a substring or a count that a part cannot exceed),
+        so the types hinted for a whole conversation are all its parts need to be tested for: most
+        conversations hold no URL, @ or key mark at all."""
+        candidates = self.types if among is None else among
+        hinted: dict[Callable[[str], bool], bool] = {}  # card, IP and phone share the digit hint
+        for pii in candidates:
+            if pii.hint not in hinted:
+                hinted[pii.hint] = pii.hint(text)
+        return [pii for pii in candidates if hinted[pii.hint]]
+
+    def scrub(self, text: str, among: list[PiiType] | None = None) -> str:
+        """The text with its PII replaced; `among`: hinted_types() of a text that holds this one."""
+        # Hints are tested on the text as given: a replacement cannot make one hold (placeholders hold no
+        # digit, colon, @ or key mark).
+        for pii in self.hinted_types(text, among):
+            text = pii.pattern.sub(lambda match, pii=pii: self._replace(pii, match), text)
         return text
 
     def _replace(self, pii: PiiType, match: re.Match) -> str:

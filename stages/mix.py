@@ -3,20 +3,21 @@
 Shares are of conversations or of tokens (mix.by). The mixed set is as large as its input; a
 source above its share is down-sampled, one below it is up-sampled (whole copies first, then a
 seeded subset). Which conversations are taken, and the final order, are pure functions of
-(mix.seed, conversation id). The shuffle goes through hash buckets on disk, so memory stays flat.
+(mix.seed, conversation id). Memory stays flat: per conversation only its source, cost and take
+key are kept (numpy arrays, a few bytes each), and the shuffle goes through hash buckets on disk.
 """
 
 import math
-from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import Progress
-from transformers import AutoTokenizer
 
 from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.io import atomic_dir, read_parquet, stable_hash, write_json, write_parquet
+from chatmill.io import atomic_dir, stable_hash, write_json
 from chatmill.params import load_params, require
 from chatmill.prompt import render_text
 from chatmill.schema import CONVERSATION_SCHEMA
@@ -27,8 +28,10 @@ IN_FILE = Path("data/trimmed/conversations.parquet")
 TOKENIZER_DIR = Path("models/base")
 OUT_DIR = Path("data/mixed")
 MIX_BY = ("conversations", "tokens")
-ROWS_PER_BUCKET = 50_000
-TOKENIZE_BATCH = 512
+ROWS_PER_BUCKET = 8192  # rows sorted in memory at a time
+READ_BATCH = 2048  # conversations per record batch read from the input
+TOKENIZE_BATCH = 512  # conversations per tokenizer call when mix.by is tokens (its output is bulky)
+ROW_GROUP = 2048  # rows per output row group, as chatmill.io.write_parquet writes them
 
 
 def source_budgets(costs: dict[str, int], weights: dict[str, float], by: str) -> dict[str, float]:
@@ -41,93 +44,140 @@ def source_budgets(costs: dict[str, int], weights: dict[str, float], by: str) ->
     }
 
 
-def copies_per_conversation(ids: list[str], costs: list[int], budget: float, seed: int) -> list[int]:
+def take_key(seed: int, conversation_id: str) -> int:
+    """A conversation's place in the seeded order in which sampling takes conversations (64 bits)."""
+    return int(stable_hash(seed, "take", conversation_id)[:16], 16)
+
+
+def copies_per_conversation(take_keys: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
     """How many times each conversation goes into the mix so that the copies' cost meets `budget`:
-    as many whole passes as fit, then conversations in seeded order until the budget is spent."""
-    total = sum(costs)
+    as many whole passes as fit, then conversations in take-key order until the budget is spent."""
+    copies = np.zeros(len(costs), dtype=np.int64)
+    total = int(costs.sum())
     if total == 0 or budget <= 0:
-        return [0] * len(ids)
+        return copies
     full_passes = int(budget // total)
     remaining = budget - full_passes * total
-    copies = [full_passes] * len(ids)
-    for index in sorted(range(len(ids)), key=lambda i: stable_hash(seed, "take", ids[i])):
-        if remaining <= 0:
-            break
-        copies[index] += 1
-        remaining -= costs[index]
+    order = np.argsort(take_keys, kind="stable")
+    spent_before = np.cumsum(costs[order]) - costs[order]
+    copies += full_passes
+    copies[order[spent_before < remaining]] += 1  # taken while some budget was left
     return copies
 
 
-def conversation_costs(conversations, by: str, tokenizer) -> list[int]:
+def record_batches(
+    path: Path, columns: list[str] | None = None, batch_size: int = READ_BATCH
+) -> Iterator[pa.RecordBatch]:
+    # pre_buffer=False: pre-buffering would hold the whole compressed file in memory
+    return pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def conversation_costs(batch: pa.RecordBatch, by: str, tokenizer) -> list[int]:
     if by == "conversations":
-        return [1] * len(conversations)
-    texts = [render_text(conversation, tokenizer.eos_token) for conversation in conversations]
+        return [1] * batch.num_rows
+    texts = [render_text(conversation, tokenizer.eos_token) for conversation in batch.to_pylist()]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def measure(path: Path, by: str, tokenizer) -> tuple[list[str], list[str], list[int]]:
-    """Pass 1: id, source and cost of every conversation, in file order."""
-    ids, sources, costs = [], [], []
-    parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=TOKENIZE_BATCH):
-        rows = batch.to_pylist()
-        ids += [row["id"] for row in rows]
-        sources += [row["source"] for row in rows]
-        costs += conversation_costs(rows, by, tokenizer)
-    return ids, sources, costs
+def measure(
+    path: Path, by: str, tokenizer, sources: list[str], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 1: every conversation's source (an index into `sources`), cost and take key, in file order."""
+    index = {name: position for position, name in enumerate(sources)}
+    source_chunks = [np.zeros(0, dtype=np.int32)]
+    cost_chunks = [np.zeros(0, dtype=np.int64)]
+    key_chunks = [np.zeros(0, dtype=np.uint64)]
+    columns, batch_size = (None, TOKENIZE_BATCH) if by == "tokens" else (["id", "source"], READ_BATCH)
+    for batch in record_batches(path, columns, batch_size):
+        source_chunks.append(np.array([index[name] for name in batch.column("source").to_pylist()], np.int32))
+        cost_chunks.append(np.array(conversation_costs(batch, by, tokenizer), dtype=np.int64))
+        key_chunks.append(np.array([take_key(seed, i) for i in batch.column("id").to_pylist()], np.uint64))
+    return np.concatenate(source_chunks), np.concatenate(cost_chunks), np.concatenate(key_chunks)
 
 
 def shuffle_key(seed: int, conversation_id: str, copy: int) -> str:
     return stable_hash(seed, "order", conversation_id, copy)
 
 
-def write_shuffled(rows, copies: list[int], seed: int, out_file: Path, work_dir: Path) -> int:
-    """Pass 2: spread the copies over hash buckets on disk, then sort each bucket in memory."""
-    n_buckets = max(1, math.ceil(sum(copies) / ROWS_PER_BUCKET))
+def write_buckets(
+    batches: Iterable[pa.RecordBatch], copies: np.ndarray, seed: int, n_buckets: int, work_dir: Path
+) -> list[Path]:
+    """Spread the copies over hash buckets on disk (Arrow IPC files), each with its shuffle key. A
+    bucket is a range of keys, so the buckets in order, each sorted, are the whole mix sorted."""
     keyed_schema = CONVERSATION_SCHEMA.append(pa.field("order", pa.string()))
-    writers, pending = {}, defaultdict(list)
-
-    def flush(bucket: int) -> None:
-        if bucket not in writers:
-            writers[bucket] = pq.ParquetWriter(work_dir / f"bucket-{bucket:05d}.parquet", keyed_schema)
-        writers[bucket].write_table(pa.Table.from_pylist(pending.pop(bucket), schema=keyed_schema))
-
-    for row, count in zip(rows, copies, strict=True):
-        for copy in range(count):
-            key = shuffle_key(seed, row["id"], copy)
-            bucket = int(key[:8], 16) * n_buckets >> 32
-            pending[bucket].append({**row, "order": key})
-            if len(pending[bucket]) >= 1024:
-                flush(bucket)
-    for bucket in list(pending):
-        flush(bucket)
-    for writer in writers.values():
+    paths = [work_dir / f"bucket-{bucket:05d}.arrows" for bucket in range(n_buckets)]
+    writers = [pa.ipc.new_stream(str(path), keyed_schema) for path in paths]
+    start = 0
+    for batch in batches:
+        rows, keys = [], []
+        counts = copies[start : start + batch.num_rows].tolist()
+        for row, (conversation_id, count) in enumerate(
+            zip(batch.column("id").to_pylist(), counts, strict=True)
+        ):
+            for copy in range(count):
+                rows.append(row)
+                keys.append(shuffle_key(seed, conversation_id, copy))
+        start += batch.num_rows
+        keyed = pa.Table.from_batches([batch]).take(rows).append_column("order", pa.array(keys, pa.string()))
+        buckets = np.array([int(key[:8], 16) * n_buckets >> 32 for key in keys], dtype=np.int64)
+        for bucket in np.unique(buckets).tolist():
+            writers[bucket].write_table(keyed.filter(buckets == bucket))
+    for writer in writers:
         writer.close()
+    return paths
 
-    def ordered_rows():
-        for bucket in range(n_buckets):
-            path = work_dir / f"bucket-{bucket:05d}.parquet"
-            if path.exists():
-                table = pq.read_table(path).sort_by("order").drop_columns(["order"])
-                path.unlink()
-                yield from table.to_pylist()
 
-    return write_parquet(out_file, CONVERSATION_SCHEMA, ordered_rows())
+def sorted_buckets(paths: list[Path]) -> Iterator[pa.Table]:
+    """Each bucket sorted by shuffle key, in bucket order; a bucket's file goes once it is read."""
+    for path in paths:
+        with pa.OSFile(str(path)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+        path.unlink()
+        yield table.sort_by("order").drop_columns(["order"])
+
+
+def write_row_groups(path: Path, tables: Iterable[pa.Table]) -> int:
+    """Write the tables' rows end to end in row groups of ROW_GROUP rows, each one contiguous
+    chunk: byte for byte the file chatmill.io.write_parquet writes for the same rows. Returns the
+    number of rows written."""
+    written = 0
+    pending = CONVERSATION_SCHEMA.empty_table()
+    with pq.ParquetWriter(path, CONVERSATION_SCHEMA, compression="zstd") as writer:
+        for table in tables:
+            pending = pa.concat_tables([pending, table])
+            while pending.num_rows >= ROW_GROUP:
+                writer.write_table(pending.slice(0, ROW_GROUP).combine_chunks())
+                pending, written = pending.slice(ROW_GROUP), written + ROW_GROUP
+        if pending.num_rows or written == 0:
+            writer.write_table(pending.combine_chunks())
+            written += pending.num_rows
+    return written
+
+
+def write_shuffled(
+    batches: Iterable[pa.RecordBatch], copies: np.ndarray, seed: int, out_file: Path, work_dir: Path
+) -> int:
+    """Pass 2: the copies in shuffle-key order, through hash buckets on disk; returns the rows written."""
+    n_buckets = max(1, math.ceil(int(copies.sum()) / ROWS_PER_BUCKET))
+    return write_row_groups(
+        out_file, sorted_buckets(write_buckets(batches, copies, seed, n_buckets, work_dir))
+    )
 
 
 def composition(
-    weights: dict[str, float], by_source: dict[str, list[int]], costs: list[int], copies: list[int], by: str
+    weights: dict[str, float], members: dict[str, np.ndarray], costs: np.ndarray, copies: np.ndarray, by: str
 ) -> dict:
-    """Per source: conversations in, kept, rows (with repeats), size in `by`, target and actual share."""
-    total_cost = sum(cost * count for cost, count in zip(costs, copies, strict=True)) or 1
+    """Per source: conversations in, kept, rows (with repeats), size in `by`, target and actual share.
+    `members` holds each source's conversations as a mask over all of them."""
+    total_cost = int((costs * copies).sum()) or 1
     table = {}
     for name in sorted(weights):
-        picked = by_source[name]
-        kept = sum(1 for i in picked if copies[i] > 0)
-        rows = sum(copies[i] for i in picked)
-        cost = sum(costs[i] * copies[i] for i in picked)
+        picked_copies = copies[members[name]]
+        kept = int(np.count_nonzero(picked_copies))
+        rows = int(picked_copies.sum())
+        cost = int((costs[members[name]] * picked_copies).sum())
         table[name] = {
-            "in": len(picked),
+            "in": len(picked_copies),
             "kept": kept,
             "rows": rows,
             "repeats": rows - kept,
@@ -147,31 +197,33 @@ def main() -> None:
     seed = require(params["mix"], "seed", "mix", int)
     if by not in MIX_BY:
         raise ChatmillError(f"params.yaml: mix.by is {by!r}; use one of {', '.join(MIX_BY)}")
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR) if by == "tokens" else None
+    tokenizer = None
+    if by == "tokens":
+        from transformers import AutoTokenizer  # only here: it pulls in torch, ~200 MB of memory
+
+        tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     weights = {name: float(source["weight"]) for name, source in sources.items()}
 
-    ids, row_sources, costs = measure(IN_FILE, by, tokenizer)
-    by_source: dict[str, list[int]] = {name: [] for name in weights}
-    for index, source in enumerate(row_sources):
-        by_source[source].append(index)
-    budgets = source_budgets({name: sum(costs[i] for i in by_source[name]) for name in weights}, weights, by)
-    copies = [0] * len(ids)
-    for name, picked in by_source.items():
-        chosen = copies_per_conversation(
-            [ids[i] for i in picked], [costs[i] for i in picked], budgets[name], seed
-        )
-        for index, count in zip(picked, chosen, strict=True):
-            copies[index] = count
+    source_index, costs, take_keys = measure(IN_FILE, by, tokenizer, list(weights), seed)
+    members = {name: source_index == position for position, name in enumerate(weights)}
+    budgets = source_budgets(
+        {name: int(costs[member].sum()) for name, member in members.items()}, weights, by
+    )
+    copies = np.zeros(len(costs), dtype=np.int64)
+    for name, member in members.items():
+        copies[member] = copies_per_conversation(take_keys[member], costs[member], budgets[name])
 
-    stats = StageStats(records_in=len(ids), records_out=sum(1 for count in copies if count > 0))
-    for source, count in zip(row_sources, copies, strict=True):
-        if count == 0:
-            stats.drop("weight_zero" if weights[source] == 0 else "downsampled")
+    stats = StageStats(records_in=len(copies), records_out=int(np.count_nonzero(copies)))
+    for name, member in members.items():
+        if dropped := int(np.count_nonzero(copies[member] == 0)):
+            stats.drop("weight_zero" if weights[name] == 0 else "downsampled", dropped)
     with atomic_dir(OUT_DIR) as out, Progress(transient=True) as progress:
-        rows = progress.track(read_parquet(IN_FILE), total=len(ids), description="mix")
-        stats.extra["rows"] = write_shuffled(rows, copies, seed, out / "conversations.parquet", out)
+        batches = progress.track(
+            record_batches(IN_FILE), total=math.ceil(len(copies) / READ_BATCH), description="mix"
+        )
+        stats.extra["rows"] = write_shuffled(batches, copies, seed, out / "conversations.parquet", out)
         stats.extra["by"] = by
-        stats.extra["composition"] = composition(weights, by_source, costs, copies, by)
+        stats.extra["composition"] = composition(weights, members, costs, copies, by)
         write_json(out / "stats.json", stats.to_dict())
     shares = ", ".join(f"{name} {entry['share']:.1%}" for name, entry in stats.extra["composition"].items())
     print(f"mix: {stats.extra['rows']} rows from {stats.records_out} conversations ({shares} of {by})")

@@ -6,25 +6,41 @@ windows that each repeat the persona header. Windows are packed first-fit into s
 position ids restart per window, so no token attends across windows. The eval split is held out
 by conversation id; the training sequences are cut into train.parts parts of equal token budget,
 each a whole number of global batches.
+
+Memory stays flat at any input size: conversations stream through the worker processes a record
+batch at a time, packed sequences go straight to work files on disk and are copied into the parts
+a chunk at a time, and the eval conversations are written in a second read of the mixed file.
 """
 
+import functools
 import json
-import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.progress import Progress
 from transformers import AutoConfig, AutoTokenizer
 
 from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.io import atomic_dir, batched, read_parquet, unit_interval, write_json, write_parquet
+from chatmill.io import (
+    atomic_dir,
+    ordered_pool_map,
+    remove,
+    unit_interval,
+    worker_count,
+    write_json,
+    write_parquet,
+)
 from chatmill.params import load_params, require
 from chatmill.prompt import Encoded, encode_conversation
 from chatmill.schema import CONVERSATION_SCHEMA, Conversation
-from chatmill.shards import ARRAYS, IGNORE_INDEX, part_name, save_shard
+from chatmill.shards import ARRAYS, IGNORE_INDEX, part_name
 from chatmill.stats import StageStats
 
 MIXED_FILE = Path("data/mixed/conversations.parquet")
@@ -32,6 +48,11 @@ BASE_DIR = Path("models/base")
 OUT_DIR = Path("data/shards")
 OPEN_SEQUENCES = 64  # first-fit looks back this far: low padding, bounded memory
 ENCODE_BATCH = 256  # conversations per task sent to a worker
+COPY_ROWS = 4096  # sequences per chunk when the work files are copied into the parts
+READ_BATCH = 2048  # conversations per record batch when the mixed file is read again
+# The mixed file is read with pre_buffer=False: pre-buffering would hold the whole compressed file in memory.
+
+Window = tuple[np.ndarray, np.ndarray]  # a window's token ids and labels (IGNORE_INDEX: no loss), int32
 
 
 def windows(header: Encoded, turns: list[Encoded], seq_len: int) -> tuple[list[Encoded], int]:
@@ -57,17 +78,18 @@ class Packer:
 
     def __init__(self, seq_len: int, pad_id: int, sink):
         self.seq_len, self.pad_id, self.sink = seq_len, pad_id, sink
-        self.open: list[list[Encoded]] = []
-        self.used: list[int] = []  # tokens taken in each open sequence
+        self.open: list[list[Window]] = []
+        self.free: list[int] = []  # tokens still free in each open sequence
 
-    def add(self, window: Encoded) -> None:
-        for index, used in enumerate(self.used):
-            if used + len(window) <= self.seq_len:
+    def add(self, window: Window) -> None:
+        size = len(window[0])
+        for index, free in enumerate(self.free):
+            if size <= free:
                 self.open[index].append(window)
-                self.used[index] += len(window)
+                self.free[index] -= size
                 return
         self.open.append([window])
-        self.used.append(len(window))
+        self.free.append(self.seq_len - size)
         if len(self.open) > OPEN_SEQUENCES:
             self.emit_oldest()
 
@@ -76,42 +98,74 @@ class Packer:
             self.emit_oldest()
 
     def emit_oldest(self) -> None:
-        self.used.pop(0)
+        self.free.pop(0)
         self.sink(self.to_arrays(self.open.pop(0)))
 
-    def to_arrays(self, sequence: list[Encoded]) -> dict[str, np.ndarray]:
-        ids, labels, positions = [], [], []
-        for window in sequence:
-            ids += window.ids
-            labels += [t if s else IGNORE_INDEX for t, s in zip(window.ids, window.supervised, strict=True)]
-            positions += range(len(window))
-        length, padding = len(ids), self.seq_len - len(ids)
-        ids += [self.pad_id] * padding
-        labels += [IGNORE_INDEX] * padding
-        positions += range(padding)
-        return {"input_ids": ids, "labels": labels, "position_ids": positions, "length": length}
+    def to_arrays(self, sequence: list[Window]) -> dict[str, np.ndarray | int]:
+        ids = np.full(self.seq_len, self.pad_id, dtype=np.int32)
+        labels = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int32)
+        positions = np.arange(self.seq_len, dtype=np.int32)
+        start = 0
+        for window_ids, window_labels in sequence:
+            end = start + len(window_ids)
+            ids[start:end], labels[start:end] = window_ids, window_labels
+            positions[end:] -= end - start  # positions restart after each window, padding's too
+            start = end
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "length": start}
 
 
 class SequenceFile:
-    """Append-only raw int32 rows on disk (flat memory), read back as memory maps, plus the
-    unpadded length of each row."""
+    """Append-only raw int32 rows on disk (flat memory) with each row's unpadded length; copied
+    into the shard folders a chunk at a time."""
 
     def __init__(self, folder: Path, seq_len: int):
-        self.folder, self.seq_len, self.lengths = folder, seq_len, []
+        self.folder, self.seq_len, self.rows = folder, seq_len, 0
         folder.mkdir(parents=True, exist_ok=True)
-        self.handles = {name: open(folder / f"{name}.bin", "wb") for name in ARRAYS}
+        self.handles = {name: open(folder / f"{name}.bin", "wb") for name in (*ARRAYS, "length")}
 
     def __call__(self, arrays: dict) -> None:
         for name in ARRAYS:
-            self.handles[name].write(np.asarray(arrays[name], dtype=np.int32).tobytes())
-        self.lengths.append(arrays["length"])
+            self.handles[name].write(arrays[name].tobytes())
+        self.handles["length"].write(np.int32(arrays["length"]).tobytes())
+        self.rows += 1
 
-    def close(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def close(self) -> None:
         for handle in self.handles.values():
             handle.close()
-        shape = (len(self.lengths), self.seq_len)
-        arrays = {name: np.memmap(self.folder / f"{name}.bin", np.int32, "r", shape=shape) for name in ARRAYS}
-        return arrays, np.asarray(self.lengths, dtype=np.int64)
+
+    def chunks(self, name: str, rows: range) -> Iterator[np.ndarray]:
+        """Rows `rows` of one work file, COPY_ROWS at a time."""
+        width = 1 if name == "length" else self.seq_len
+        with open(self.folder / f"{name}.bin", "rb") as handle:
+            handle.seek(rows.start * width * 4)
+            for start in range(rows.start, rows.stop, COPY_ROWS):
+                count = min(COPY_ROWS, rows.stop - start)
+                yield np.frombuffer(handle.read(count * width * 4), dtype=np.int32)
+
+    def save(self, rows: range, folder: Path) -> dict:
+        """Write rows `rows` into `folder` as the .npy files chatmill.shards.save_shard writes, without
+        holding them in memory; return their sequence statistics."""
+        folder.mkdir(parents=True, exist_ok=True)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False}
+        supervised = 0
+        for name in ARRAYS:
+            with open(folder / f"{name}.npy", "wb") as out:
+                np.lib.format.write_array_header_1_0(out, header | {"shape": (len(rows), self.seq_len)})
+                for chunk in self.chunks(name, rows):
+                    out.write(chunk.tobytes())
+                    if name == "labels":
+                        supervised += int(np.count_nonzero(chunk != IGNORE_INDEX))
+        tokens = len(rows) * self.seq_len
+        unpadded = sum(int(chunk.sum()) for chunk in self.chunks("length", rows))
+        return {
+            "sequences": len(rows),
+            "tokens": tokens,
+            "supervised_tokens": supervised,
+            "padding_fraction": round(1 - unpadded / max(tokens, 1), 6),
+        }
+
+    def remove(self) -> None:
+        remove(self.folder)
 
 
 def part_sizes(n_sequences: int, parts: int, global_batch: int) -> int:
@@ -124,55 +178,81 @@ def part_sizes(n_sequences: int, parts: int, global_batch: int) -> int:
     return per_part
 
 
-def sequence_stats(arrays: dict[str, np.ndarray], lengths: np.ndarray) -> dict:
-    tokens = int(arrays["input_ids"].size)
-    return {
-        "sequences": int(arrays["input_ids"].shape[0]),
-        "tokens": tokens,
-        "supervised_tokens": int((np.asarray(arrays["labels"]) != IGNORE_INDEX).sum()),
-        "padding_fraction": round(1 - int(lengths.sum()) / max(tokens, 1), 6),
-    }
-
-
 def is_eval(conversation: Conversation, seed: int, fraction: float) -> bool:
     return unit_interval(seed, "eval", conversation["id"]) < fraction
 
 
-_worker_tokenizer = None
+@functools.cache
+def load_tokenizer(tokenizer_dir: str):
+    """Once per process: the workers keep theirs across batches."""
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _load_worker_tokenizer(tokenizer_dir: str) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+@dataclass
+class EncodedBatch:
+    """A batch of conversations cut into windows, held as a few flat arrays so that it crosses the
+    process boundary cheaply: all windows' token ids and labels end to end, and their lengths."""
+
+    conversation_ids: list[str] = field(default_factory=list)
+    held_out: list[bool] = field(default_factory=list)
+    truncated_turns: list[int] = field(default_factory=list)
+    window_counts: list[int] = field(default_factory=list)  # per conversation
+    window_lengths: list[int] = field(default_factory=list)
+    token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+    def conversations(self) -> Iterator[tuple[str, bool, int, list[Window]]]:
+        """(id, held out, truncated turns, windows) per conversation, in batch order."""
+        ends = np.cumsum(self.window_lengths, dtype=np.int64).tolist()
+        bounds = iter(zip([0, *ends], ends, strict=False))
+        for conversation_id, held_out, truncated, count in zip(
+            self.conversation_ids, self.held_out, self.truncated_turns, self.window_counts, strict=True
+        ):
+            conversation_windows = [
+                (self.token_ids[start:end], self.labels[start:end]) for start, end in islice(bounds, count)
+            ]
+            yield conversation_id, held_out, truncated, conversation_windows
 
 
-def _encode_batch(conversations: list[Conversation]) -> list[tuple[Encoded, list[Encoded]]]:
-    return [encode_conversation(_worker_tokenizer, conversation) for conversation in conversations]
+@dataclass(frozen=True)
+class BatchEncoder:
+    """Encodes and windows a record batch of conversations; what the worker processes run. Small to
+    pickle: the tokenizer itself is loaded once per process."""
+
+    tokenizer_dir: str
+    seq_len: int
+    eval_seed: int
+    eval_fraction: float
+
+    def __call__(self, batch: pa.RecordBatch) -> EncodedBatch:
+        tokenizer = load_tokenizer(self.tokenizer_dir)
+        encoded, ids, supervised = EncodedBatch(), [], []
+        for conversation in batch.to_pylist():
+            header, turns = encode_conversation(tokenizer, conversation)
+            conversation_windows, truncated = windows(header, turns, self.seq_len)
+            encoded.conversation_ids.append(conversation["id"])
+            encoded.held_out.append(is_eval(conversation, self.eval_seed, self.eval_fraction))
+            encoded.truncated_turns.append(truncated)
+            encoded.window_counts.append(len(conversation_windows))
+            for window in conversation_windows:
+                encoded.window_lengths.append(len(window))
+                ids += window.ids
+                supervised += window.supervised
+        encoded.token_ids = np.array(ids, dtype=np.int32)
+        encoded.labels = np.where(np.array(supervised, dtype=bool), encoded.token_ids, np.int32(IGNORE_INDEX))
+        return encoded
 
 
-def encoded_conversations(
-    rows: Iterable[Conversation], tokenizer_dir: Path, workers: int
-) -> Iterator[tuple[Conversation, Encoded, list[Encoded]]]:
-    """Tokenize on `workers` processes; results come back in input order, so the output is the
-    same for any worker count. At most 2 x workers batches are in flight: memory stays flat."""
-    _load_worker_tokenizer(str(tokenizer_dir))
-    pool = (
-        multiprocessing.Pool(workers, _load_worker_tokenizer, (str(tokenizer_dir),)) if workers > 1 else None
-    )
-    try:
-        for group in batched(batched(rows, ENCODE_BATCH), 2 * workers):
-            results = pool.map(_encode_batch, group) if pool else map(_encode_batch, group)
-            for batch, encoded in zip(group, results, strict=True):
-                for conversation, (header, turns) in zip(batch, encoded, strict=True):
-                    yield conversation, header, turns
-    finally:
-        if pool:
-            pool.terminate()
-
-
-def worker_count(workers: int) -> int:
-    """0 means every core this process may use."""
-    return workers or len(os.sched_getaffinity(0))
+def held_out_conversations(path: Path, eval_ids: set[str]) -> Iterator[Conversation]:
+    """Each eval conversation once, in file order, from a second read of the file: never all in memory."""
+    remaining = set(eval_ids)
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=READ_BATCH):
+        picked = []
+        for index, conversation_id in enumerate(batch.column("id").to_pylist()):
+            if conversation_id in remaining:
+                remaining.remove(conversation_id)
+                picked.append(index)
+        yield from batch.take(picked).to_pylist()
 
 
 def validate_shard(shard: dict, max_positions: int) -> dict:
@@ -194,65 +274,65 @@ def validate_shard(shard: dict, max_positions: int) -> dict:
 def main() -> None:
     params = load_params("shard", "train")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # our own worker processes parallelize
-    tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
+    tokenizer = load_tokenizer(str(BASE_DIR))
     shard = validate_shard(params["shard"], AutoConfig.from_pretrained(BASE_DIR).max_position_embeddings)
     parts = require(params["train"], "parts", "train", int)
     global_batch = require(params["train"], "global_batch", "train", int)
-    seq_len, pad_id = shard["seq_len"], tokenizer.pad_token_id
+    seq_len = shard["seq_len"]
+    encoder = BatchEncoder(str(BASE_DIR), seq_len, shard["seed"], shard["eval_fraction"])
 
-    stats, counts, eval_ids, eval_rows = StageStats(), Counter(), set(), []
+    stats, counts, eval_ids = StageStats(), Counter(), set()
     with atomic_dir(OUT_DIR) as out, Progress(transient=True) as progress:
-        train_file, eval_file = (
-            SequenceFile(out / "work-train", seq_len),
-            SequenceFile(out / "work-eval", seq_len),
-        )
-        packers = {False: Packer(seq_len, pad_id, train_file), True: Packer(seq_len, pad_id, eval_file)}
-        rows = progress.track(read_parquet(MIXED_FILE), description="shard")
-        for conversation, header, turns in encoded_conversations(
-            rows, BASE_DIR, worker_count(shard["workers"])
-        ):
-            stats.records_in += 1
-            held_out = is_eval(conversation, shard["seed"], shard["eval_fraction"])
-            if held_out and conversation["id"] in eval_ids:
-                stats.drop("eval_repeat")  # an up-sampled copy; the eval set holds each conversation once
-                continue
-            conversation_windows, truncated = windows(header, turns, seq_len)
-            counts["truncated_turns"] += truncated
-            if not conversation_windows:
-                stats.drop("no_supervised_tokens")
-                continue
-            if held_out:
-                eval_ids.add(conversation["id"])
-                eval_rows.append(conversation)
-            for window in conversation_windows:
-                packers[held_out].add(window)
-            counts["windows"] += len(conversation_windows)
-            counts["eval_conversations" if held_out else "train_rows"] += 1
-            stats.records_out += 1
+        train = SequenceFile(out / "work-train", seq_len)
+        evaluation = SequenceFile(out / "work-eval", seq_len)
+        packers = {
+            False: Packer(seq_len, tokenizer.pad_token_id, train),
+            True: Packer(seq_len, tokenizer.pad_token_id, evaluation),
+        }
+        task = progress.add_task("shard", total=pq.ParquetFile(MIXED_FILE).metadata.num_rows)
+        # batches come back in file order, so the output is the same for any worker count
+        batches = pq.ParquetFile(MIXED_FILE, pre_buffer=False).iter_batches(batch_size=ENCODE_BATCH)
+        for _, batch in ordered_pool_map(encoder, batches, worker_count(shard["workers"])):
+            for conversation_id, held_out, truncated, conversation_windows in batch.conversations():
+                stats.records_in += 1
+                if held_out and conversation_id in eval_ids:
+                    stats.drop("eval_repeat")  # an up-sampled copy; the eval set holds each conversation once
+                    continue
+                counts["truncated_turns"] += truncated
+                if not conversation_windows:
+                    stats.drop("no_supervised_tokens")
+                    continue
+                if held_out:
+                    eval_ids.add(conversation_id)
+                for window in conversation_windows:
+                    packers[held_out].add(window)
+                counts["windows"] += len(conversation_windows)
+                counts["eval_conversations" if held_out else "train_rows"] += 1
+                stats.records_out += 1
+            progress.advance(task, len(batch.conversation_ids))
         for packer in packers.values():
             packer.flush()
-        (train, train_lengths), (evaluation, eval_lengths) = train_file.close(), eval_file.close()
+        train.close()
+        evaluation.close()
 
-        per_part = part_sizes(len(train_lengths), parts, global_batch)
-        stats.extra["parts"] = {}
-        for part in range(1, parts + 1):
-            rows = slice((part - 1) * per_part, part * per_part)
-            arrays = {name: train[name][rows] for name in ARRAYS}
-            save_shard(out / part_name(part), arrays)
-            stats.extra["parts"][part_name(part)] = sequence_stats(arrays, train_lengths[rows])
-        save_shard(out / "eval", evaluation)
-        write_parquet(out / "eval" / "conversations.parquet", CONVERSATION_SCHEMA, eval_rows)
-        stats.extra["eval"] = sequence_stats(evaluation, eval_lengths)
+        per_part = part_sizes(train.rows, parts, global_batch)
+        stats.extra["parts"] = {
+            part_name(part): train.save(range((part - 1) * per_part, part * per_part), out / part_name(part))
+            for part in range(1, parts + 1)
+        }
+        stats.extra["eval"] = evaluation.save(range(evaluation.rows), out / "eval")
+        write_parquet(
+            out / "eval" / "conversations.parquet",
+            CONVERSATION_SCHEMA,
+            held_out_conversations(MIXED_FILE, eval_ids),
+        )
         stats.extra |= dict(counts) | {
             "seq_len": seq_len,
             "sequences_per_part": per_part,
-            "sequences_unused": len(train_lengths) - parts * per_part,
+            "sequences_unused": train.rows - parts * per_part,
         }
-        del train, evaluation
-        for work in ("work-train", "work-eval"):
-            for path in (out / work).iterdir():
-                path.unlink()
-            (out / work).rmdir()
+        train.remove()
+        evaluation.remove()
         write_json(out / "stats.json", stats.to_dict())
     print(
         f"shard: {parts} parts x {per_part} sequences of {seq_len} tokens; "

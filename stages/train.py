@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from chatmill.attention import VARLEN, document_starts, packed_attention
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.io import read_json, remove, stable_hash, write_json
 from chatmill.params import load_params, require
@@ -157,17 +158,22 @@ def micro_batches(
     rank: int,
     world_size: int,
     device: torch.device,
+    with_document_starts: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The micro batches of one optimizer step for this rank: rows in shard order. A pure function
-    of the step, so a resumed part continues at the row where the checkpoint was taken."""
+    of the step, so a resumed part continues at the row where the checkpoint was taken.
+    `with_document_starts` adds the varlen attention's cu_seq_lens_q, found on the host: the GPU
+    would stop to report how many documents there are, in every layer."""
     global_batch = micro_batch * accumulation * world_size
     for micro in range(accumulation):
         start = step * global_batch + (micro * world_size + rank) * micro_batch
         rows = slice(start, start + micro_batch)
-        yield {
-            name: torch.from_numpy(np.asarray(array[rows], dtype=np.int64)).to(device)
-            for name, array in shard.items()
+        batch = {
+            name: torch.from_numpy(np.asarray(array[rows], dtype=np.int64)) for name, array in shard.items()
         }
+        if with_document_starts:
+            batch["cu_seq_lens_q"] = document_starts(batch["position_ids"])
+        yield {name: tensor.to(device) for name, tensor in batch.items()}
 
 
 def eval_rows(sequences: int, batch: int, rank: int, world_size: int) -> Iterator[np.ndarray]:
@@ -339,7 +345,9 @@ def run_part(part: int, train: dict) -> dict:
     torch.manual_seed(train["seed"] + part)
 
     # The model, optimizer and engine; where part N-1 (or a killed run of this part) stopped.
-    model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
+    device_type = "cuda" if train["gpus"] else "cpu"
+    attention = packed_attention(torch.device(device_type), train["bf16"], seq_len)
+    model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32, attn_implementation=attention)
     if train["gradient_checkpointing"]:
         model.activation_checkpointing_enable()
     config = model.config
@@ -395,7 +403,14 @@ def run_part(part: int, train: dict) -> dict:
                 group["lr"] = lr
             step_loss = torch.zeros((), device=engine.device)
             for batch in micro_batches(
-                shard, step, accumulation, train["micro_batch"], rank, world_size, engine.device
+                shard,
+                step,
+                accumulation,
+                train["micro_batch"],
+                rank,
+                world_size,
+                engine.device,
+                attention == VARLEN,
             ):
                 loss = engine(**batch, use_cache=False).loss
                 engine.backward(loss)

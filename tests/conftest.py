@@ -46,3 +46,17 @@ def tiny_tokenizer():
         "Mira's Persona: A kind innkeeper.\nScenario: \n<START>\nYou: Hi.\nMira: Hello there, traveller."
     ] * 20
     return base_model.train_tokenizer(iter(texts), vocab_size=300)
+
+
+@pytest.fixture
+def tiny_scratch() -> dict:
+    """model.scratch sizes of the smallest model the tests build (with tiny_tokenizer's vocabulary)."""
+    return {
+        "vocab_size": 300,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    }

@@ -3,16 +3,6 @@ from base_model import pretrained, scratch_model, train_tokenizer
 
 from chatmill.errors import ChatmillError
 
-SCRATCH = {
-    "vocab_size": 300,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
-
 
 def test_tokenizer_training_is_deterministic_and_has_the_special_tokens(tiny_tokenizer):
     texts = [
@@ -25,20 +15,20 @@ def test_tokenizer_training_is_deterministic_and_has_the_special_tokens(tiny_tok
     assert tiny_tokenizer.decode(tiny_tokenizer.encode(text, add_special_tokens=False)) == text
 
 
-def test_scratch_model_is_seeded_and_sized_to_the_vocabulary(tiny_tokenizer):
+def test_scratch_model_is_seeded_and_sized_to_the_vocabulary(tiny_tokenizer, tiny_scratch):
     first, second = (
-        scratch_model(SCRATCH, tiny_tokenizer, seed=0),
-        scratch_model(SCRATCH, tiny_tokenizer, seed=0),
+        scratch_model(tiny_scratch, tiny_tokenizer, seed=0),
+        scratch_model(tiny_scratch, tiny_tokenizer, seed=0),
     )
     assert first.config.vocab_size == len(tiny_tokenizer)
     assert first.config.eos_token_id == tiny_tokenizer.eos_token_id
     assert all((a == b).all() for a, b in zip(first.parameters(), second.parameters(), strict=True))
 
 
-def test_a_local_base_model_loads_and_gets_a_pad_token(tmp_path, tiny_tokenizer):
+def test_a_local_base_model_loads_and_gets_a_pad_token(tmp_path, tiny_tokenizer, tiny_scratch):
     tokenizer = tiny_tokenizer.__class__(tokenizer_object=tiny_tokenizer.backend_tokenizer, eos_token="</s>")
     tokenizer.save_pretrained(tmp_path)
-    scratch_model(SCRATCH, tiny_tokenizer, seed=0).save_pretrained(tmp_path)
+    scratch_model(tiny_scratch, tiny_tokenizer, seed=0).save_pretrained(tmp_path)
     loaded_tokenizer, model = pretrained(str(tmp_path), "main")
     assert loaded_tokenizer.pad_token == "</s>"  # packing pads with it; it is never a target
     assert model.config.vocab_size == len(tiny_tokenizer)

@@ -5,6 +5,7 @@ import datetime
 import gzip
 import io
 import json
+import random
 from pathlib import Path
 
 import clean  # stages/clean.py, on sys.path through tests/conftest.py
@@ -496,3 +497,76 @@ def test_main_at_exactly_the_quarantine_limit_succeeds(tmp_path, monkeypatch):
     write_stage_inputs(tmp_path, max_fraction=0.4)
     clean.main()
     assert json.loads((tmp_path / "data/clean/stats.json").read_text())["quarantined"] == 4
+
+
+# ---------------------------------------------------------------- workers
+
+
+def varied_inputs(root: Path) -> None:
+    """Two sources whose records end every way there is (kept, quarantined, each drop reason, PII
+    replaced), interleaved so that every batch holds several kinds."""
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(400)]
+
+    def words(count: int) -> str:
+        return " ".join(rng.choice(vocabulary) for _ in range(count))
+
+    originals = [[words(30) for _ in range(4)] for _ in range(24)]
+    lines = []
+    for i, turns in enumerate(originals):
+        pii = f" Mail ann{i}@example.com or call +44 20 7946 09{i:02d}." if i % 4 == 0 else ""
+        lines.append(line(sharegpt(turns[0] + pii, *turns[1:], id=f"original-{i}")))
+        if i % 3 == 0:  # a near-copy: one word changed
+            lines.append(line(sharegpt(*turns[:3], turns[3].replace(" ", " changed ", 1), id=f"near-{i}")))
+        if i % 4 == 1:  # an exact copy after normalisation
+            lines.append(line(sharegpt(*(f" {t}\r\n" for t in turns), id=f"copy-{i}")))
+        if i % 5 == 2:
+            lines += ['{"conversations": [', line(sharegpt(words(5)))]  # malformed; no bot turn
+        if i % 6 == 3:  # a bot that loops
+            reply = words(12)
+            lines.append(line(sharegpt(*[text for _ in range(4) for text in (words(6), reply)])))
+    pippa = "".join(line(r) + "\n" for r in [PIPPA_GOOD, PIPPA_SPACED, PIPPA_NO_BOT, {"bot_name": "Aqua"}])
+    manifest = write_raw(
+        root / "data" / "raw",
+        {
+            "chat": ("chat.jsonl", ("\n".join(lines) + "\n").encode()),
+            "pippa": ("pippa.jsonl.gz", gzip.compress(pippa.encode(), mtime=0)),
+        },
+    )
+    (root / "data" / "raw" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def write_params(root: Path, **clean_changes) -> None:
+    params = {
+        "sources": {
+            "chat": {"uri": "src/chat.jsonl", "format": "sharegpt", "trim": True, "weight": 0.5},
+            "pippa": {"uri": "src/pippa.jsonl.gz", "format": "pippa", "trim": True, "weight": 0.5},
+        },
+        "clean": default_clean_params(max_quarantine_fraction=1.0, **clean_changes),
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_outputs_are_byte_identical_for_one_and_two_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(clean, "CLEAN_BATCH", 3)  # many batches, so the order across workers matters
+    monkeypatch.chdir(tmp_path)
+    varied_inputs(tmp_path)
+    outputs = {}
+    for workers in (1, 2):
+        write_params(tmp_path, workers=workers)
+        clean.main()
+        outputs[workers] = output_bytes(tmp_path)
+    assert outputs[1] == outputs[2]
+    stats = json.loads(outputs[2]["stats.json"])
+    assert set(stats["dropped"]) == {"duplicate", "looping_bot", "near_duplicate", "no_bot_turn"}
+    assert stats["quarantined"] == 6 and stats["in"] > 15 * clean.CLEAN_BATCH
+    assert stats["pii"]["email"] == stats["pii"]["phone"] == 6
+
+
+def test_negative_workers_is_a_params_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    varied_inputs(tmp_path)
+    write_params(tmp_path, workers=-1)
+    with pytest.raises(SystemExit):
+        clean.main()
+    assert "clean.workers=-1 must be >= 0 (0 = all cores)" in capsys.readouterr().err

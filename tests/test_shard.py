@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
-from shard import Packer, encode_conversation, part_sizes, windows
+from shard import Packer, SequenceFile, part_sizes, windows
 
 from chatmill.errors import ChatmillError
-from chatmill.prompt import Encoded
-from chatmill.shards import IGNORE_INDEX
+from chatmill.prompt import Encoded, encode_conversation
+from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard, save_shard
 
 
 def encoded(n: int, supervised: bool, start: int = 1) -> Encoded:
@@ -48,17 +49,57 @@ def test_windows_without_a_bot_turn_are_dropped_and_overlong_turns_truncated():
     assert truncated == 1 and len(result) == 1 and len(result[0]) == 16
 
 
+def window(n: int, supervised: bool, start: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.arange(start, start + n, dtype=np.int32)
+    return ids, ids if supervised else np.full(n, IGNORE_INDEX, dtype=np.int32)
+
+
 def test_packing_restarts_positions_per_window_and_pads_with_ignored_labels():
     sequences = []
     packer = Packer(seq_len=16, pad_id=0, sink=sequences.append)
-    for window in (encoded(10, True), encoded(9, True), encoded(5, True)):
-        packer.add(window)
+    for packed in (window(10, True), window(9, True, start=50), window(5, False)):
+        packer.add(packed)
     packer.flush()
     assert len(sequences) == 2  # first fit: the 5-token window joins the first sequence
     first = sequences[0]
-    assert first["position_ids"] == list(range(10)) + list(range(5)) + [0]
-    assert first["labels"][-1] == IGNORE_INDEX and first["length"] == 15
-    assert sequences[1]["position_ids"][:9] == list(range(9))
+    assert first["input_ids"].tolist() == list(range(1, 11)) + list(range(1, 6)) + [0]
+    assert first["labels"].tolist() == list(range(1, 11)) + [IGNORE_INDEX] * 6
+    assert first["position_ids"].tolist() == list(range(10)) + list(range(5)) + [0]
+    assert first["length"] == 15
+    assert sequences[1]["position_ids"].tolist() == list(range(9)) + list(range(7))
+
+
+def test_sequence_file_writes_what_save_shard_writes_a_chunk_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr("shard.COPY_ROWS", 3)  # several chunks per part
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "input_ids": rng.integers(0, 300, 8, dtype=np.int32),
+            "labels": rng.choice(np.array([IGNORE_INDEX, 7], dtype=np.int32), 8),
+            "position_ids": np.arange(8, dtype=np.int32),
+            "length": int(rng.integers(1, 9)),
+        }
+        for _ in range(10)
+    ]
+    work = SequenceFile(tmp_path / "work", seq_len=8)
+    for row in rows:
+        work(row)
+    work.close()
+    stats = work.save(range(2, 9), tmp_path / "part")
+    expected = {name: np.stack([row[name] for row in rows[2:9]]) for name in ARRAYS}
+    save_shard(tmp_path / "reference", expected)
+    for name in ARRAYS:
+        assert (tmp_path / "part" / f"{name}.npy").read_bytes() == (
+            tmp_path / "reference" / f"{name}.npy"
+        ).read_bytes()
+    assert load_shard(tmp_path / "part")["labels"].shape == (7, 8)
+    unpadded = sum(row["length"] for row in rows[2:9])
+    assert stats == {
+        "sequences": 7,
+        "tokens": 56,
+        "supervised_tokens": int((expected["labels"] != IGNORE_INDEX).sum()),
+        "padding_fraction": round(1 - unpadded / 56, 6),
+    }
 
 
 def test_parts_are_whole_global_batches_of_equal_size():
@@ -67,31 +108,7 @@ def test_parts_are_whole_global_batches_of_equal_size():
         part_sizes(100, 10, 16)
 
 
-def test_packed_document_sees_nothing_of_its_neighbours(tiny_tokenizer):
-    """Logits of a window packed after another equal those of the window alone."""
-    import torch
-    from base_model import scratch_model
-
-    sizes = {
-        "vocab_size": 300,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 64,
-    }
-    model = scratch_model(sizes, tiny_tokenizer, seed=0).eval()
-    a, b = torch.arange(3, 15), torch.arange(20, 29)
-    packed_ids = torch.cat([a, b]).unsqueeze(0)
-    positions = torch.cat([torch.arange(len(a)), torch.arange(len(b))]).unsqueeze(0)
-    with torch.no_grad():
-        packed = model(input_ids=packed_ids, position_ids=positions, use_cache=False).logits[0, len(a) :]
-        alone = model(input_ids=b.unsqueeze(0), use_cache=False).logits[0]
-    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
-
-
-def run_shard(workdir, workers: int, tokenizer, conversations) -> dict[str, str]:
+def run_shard(workdir, workers: int, tokenizer, scratch: dict, conversations) -> dict[str, str]:
     """Run the real stage in `workdir`; return the sha256 of every output file."""
     import shard as shard_stage
     import yaml
@@ -101,17 +118,8 @@ def run_shard(workdir, workers: int, tokenizer, conversations) -> dict[str, str]
     from chatmill.schema import CONVERSATION_SCHEMA
 
     if not (workdir / "models/base").exists():
-        sizes = {
-            "vocab_size": 300,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 64,
-        }
         tokenizer.save_pretrained(workdir / "models/base")
-        scratch_model(sizes, tokenizer, seed=0).save_pretrained(workdir / "models/base")
+        scratch_model(scratch, tokenizer, seed=0).save_pretrained(workdir / "models/base")
         (workdir / "data/mixed").mkdir(parents=True)
         write_parquet(workdir / "data/mixed/conversations.parquet", CONVERSATION_SCHEMA, conversations)
     params = {
@@ -128,7 +136,7 @@ def run_shard(workdir, workers: int, tokenizer, conversations) -> dict[str, str]
 
 
 def test_output_is_byte_identical_for_one_and_two_workers(
-    tmp_path, monkeypatch, tiny_tokenizer, conversation_factory
+    tmp_path, monkeypatch, tiny_tokenizer, tiny_scratch, conversation_factory
 ):
     monkeypatch.setattr("shard.ENCODE_BATCH", 7)  # many batches, so order across workers matters
     conversations = [
@@ -136,6 +144,26 @@ def test_output_is_byte_identical_for_one_and_two_workers(
         for i in range(120)
     ]
     monkeypatch.chdir(tmp_path)
-    one = run_shard(tmp_path, 1, tiny_tokenizer, conversations)
-    two = run_shard(tmp_path, 2, tiny_tokenizer, conversations)
+    one = run_shard(tmp_path, 1, tiny_tokenizer, tiny_scratch, conversations)
+    two = run_shard(tmp_path, 2, tiny_tokenizer, tiny_scratch, conversations)
     assert one == two and len(one) >= 10
+
+
+def test_an_up_sampled_eval_conversation_is_held_out_once(
+    tmp_path, monkeypatch, tiny_tokenizer, tiny_scratch, conversation_factory
+):
+    import pyarrow.parquet as pq
+
+    from chatmill.io import read_json
+
+    monkeypatch.setattr("shard.ENCODE_BATCH", 5)
+    conversations = [conversation_factory(f"c{i:03d}", user=f"Hi number {i}.") for i in range(80)]
+    monkeypatch.chdir(tmp_path)
+    run_shard(
+        tmp_path, 1, tiny_tokenizer, tiny_scratch, conversations * 2
+    )  # every conversation twice, as up-sampling does
+    held_out = pq.read_table(tmp_path / "data/shards/eval/conversations.parquet").to_pylist()
+    stats = read_json(tmp_path / "data/shards/stats.json")
+    assert held_out and [row["id"] for row in held_out] == sorted({row["id"] for row in held_out})
+    assert held_out == [row for row in conversations if row["id"] in {r["id"] for r in held_out}]
+    assert stats["dropped"] == {"eval_repeat": len(held_out)} and stats["eval_conversations"] == len(held_out)

@@ -11,6 +11,7 @@ from train import (
     learning_rate,
     matmul_parameters,
     mfu,
+    micro_batches,
     newest_checkpoint,
     rng_state,
     run_fingerprint,
@@ -123,6 +124,16 @@ def test_eval_rows_cover_the_split_once_in_equal_rounds(world_size):
     assert len({len(batches) for batches in per_rank}) == 1  # ZeRO-3: same number of forwards
     rows = np.concatenate([rows for batches in per_rank for rows in batches])
     assert sorted(rows[rows < 11]) == list(range(11))
+
+
+def test_micro_batches_take_each_rank_its_rows_and_the_document_starts():
+    positions = np.tile(np.array([0, 1, 2, 0, 1, 0], dtype=np.int32), (8, 1))
+    shard = {"input_ids": np.arange(48).reshape(8, 6), "labels": np.zeros((8, 6)), "position_ids": positions}
+    batches = list(micro_batches(shard, 1, 2, 1, rank=1, world_size=2, device=torch.device("cpu")))
+    assert [b["input_ids"][0, 0].item() for b in batches] == [30, 42]  # step 1: rows 4..7, rank 1's
+    assert "cu_seq_lens_q" not in batches[0]
+    with_starts = next(micro_batches(shard, 0, 1, 2, 0, 1, torch.device("cpu"), with_document_starts=True))
+    assert with_starts["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 9, 11, 12]
 
 
 def test_newest_checkpoint_ignores_partial_ones(tmp_path):
