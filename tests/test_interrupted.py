@@ -67,7 +67,7 @@ def test_killed_clean_reruns_to_identical_outputs(sample_workdir):
 
 
 def test_killed_shard_reruns_to_identical_outputs(
-    tmp_path, monkeypatch, tiny_tokenizer, conversation_factory
+    tmp_path, monkeypatch, tiny_tokenizer, tiny_scratch, conversation_factory
 ):
     replies = ("The lantern light flickers as she sets down two mugs of cider.",) * 6
     conversations = [
@@ -75,7 +75,7 @@ def test_killed_shard_reruns_to_identical_outputs(
         for i in range(3000)
     ]
     monkeypatch.chdir(tmp_path)
-    uninterrupted = run_shard(tmp_path, 1, tiny_tokenizer, conversations)
+    uninterrupted = run_shard(tmp_path, 1, tiny_tokenizer, tiny_scratch, conversations)
     output = tmp_path / "data/shards"
     shutil.rmtree(output)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
