@@ -52,6 +52,19 @@ class RawRecord:
     raw: str | None = None
     error: str | None = None
     file_error: bool = False  # the fault is the file's (unreadable, truncated), not one record's
+    unparsed: bool = False  # raw is a JSON text still to parse (iter_records(parse=False)); see parsed()
+
+
+def parsed(record: RawRecord) -> RawRecord:
+    """The record with its JSON text parsed into value, or an error record; a parsed one as it is.
+    The clean stage reads with parse=False and parses in its worker processes: a line crosses the
+    process boundary as one string, several times cheaper to pickle than the value it holds."""
+    if not record.unparsed:
+        return record
+    try:
+        return RawRecord(record.location, value=json.loads(record.raw), raw=record.raw)
+    except (ValueError, RecursionError) as error:  # ValueError: also an integer of over 4300 digits
+        return RawRecord(record.location, raw=record.raw, error=f"invalid json: {error}")
 
 
 @dataclass
@@ -162,7 +175,7 @@ def _lines(stream: io.BufferedIOBase) -> Iterator[tuple[bytes, str | None]]:
         yield b"".join(parts), None
 
 
-def _jsonl_records(path: Path, stream: io.BufferedIOBase) -> Iterator[RawRecord]:
+def _jsonl_records(path: Path, stream: io.BufferedIOBase, parse: bool) -> Iterator[RawRecord]:
     for number, (line, fault) in enumerate(_lines(stream), start=1):
         if fault is not None:
             partial = line.decode("utf-8", "replace").strip()
@@ -176,12 +189,9 @@ def _jsonl_records(path: Path, stream: io.BufferedIOBase) -> Iterator[RawRecord]
                 location, raw=line.decode("utf-8", "replace"), error=f"invalid utf-8: {error.reason}"
             )
             continue
-        if not text:
-            continue
-        try:
-            yield RawRecord(location, value=json.loads(text), raw=text)
-        except (ValueError, RecursionError) as error:  # ValueError: also an integer of over 4300 digits
-            yield RawRecord(location, raw=text, error=f"invalid json: {error}")
+        if text:
+            record = RawRecord(location, raw=text, unparsed=True)
+            yield parsed(record) if parse else record
 
 
 def _visible(text: str) -> str:
@@ -351,10 +361,11 @@ def _parquet_records(path: Path) -> Iterator[RawRecord]:
             index += 1
 
 
-def iter_records(path: Path) -> Iterator[RawRecord]:
+def iter_records(path: Path, parse: bool = True) -> Iterator[RawRecord]:
     """Every record of one source file, in file order. A corrupt or truncated file ends with an error
     record (file_error=True) instead of an exception, so what was read before the fault is kept.
-    An unknown container (by the file name) is a ChatmillError."""
+    An unknown container (by the file name) is a ChatmillError. parse=False leaves the lines of a JSON
+    Lines file unparsed, for parsed() to parse later."""
     path = Path(path)
     kind = _container_kind(path)
     try:
@@ -365,7 +376,7 @@ def iter_records(path: Path) -> Iterator[RawRecord]:
             kind = "jsonl"
         with _open_binary(path) as stream:
             if kind == "jsonl":
-                yield from _jsonl_records(path, stream)
+                yield from _jsonl_records(path, stream, parse)
             else:
                 yield from _json_array_records(path, stream)
     except READ_ERRORS as error:

@@ -55,6 +55,26 @@ def word_shingle_hashes(words: list[str], size: int) -> np.ndarray:
     return (rolled ^ (rolled >> np.uint64(32))).astype(np.uint32)
 
 
+def fmix32(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, as datasketch applies it before its affine32 permutations."""
+    values = values ^ (values >> np.uint32(16))
+    values *= np.uint32(0x85EBCA6B)  # wrapping uint32 arithmetic
+    values ^= values >> np.uint32(13)
+    values *= np.uint32(0xC2B2AE35)
+    return values ^ (values >> np.uint32(16))
+
+
+def minhash_values(hashes: np.ndarray, permutations: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The hashvalues of datasketch's MinHash(scheme="affine32", permutations=...) after update_batch of
+    the already hashed uint32 values, computed in numpy. update_batch takes them through a Python list
+    and two temporary matrices: 8x slower for a conversation of 3,000 shingles (2.6 ms -> 0.33 ms,
+    measured with 128 permutations). tests/test_neardup.py checks that both give the same values."""
+    multipliers, offsets = permutations
+    permuted = np.multiply.outer(fmix32(hashes.astype(np.uint32)), multipliers)
+    permuted += offsets
+    return permuted.min(axis=0)
+
+
 class NearDuplicate(ConversationFilter):
     """Drops a conversation whose estimated Jaccard similarity to an earlier kept one is >= threshold."""
 
@@ -80,7 +100,7 @@ class NearDuplicate(ConversationFilter):
         # Drawn once and shared, in the form the affine32 scheme keeps them: MinHash would otherwise draw
         # (or convert) them again for every conversation.
         drawn = MinHash(num_perm=num_perm, seed=seed).permutations
-        self.permutations = self.minhash(drawn).permutations
+        self.permutations = MinHash(num_perm=num_perm, permutations=drawn, scheme="affine32").permutations
         # Band values -> one 64-bit key: a fixed random odd multiplier per row, wrapping arithmetic.
         rng = np.random.RandomState(seed)
         self.row_weights = rng.randint(0, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
@@ -96,13 +116,7 @@ class NearDuplicate(ConversationFilter):
         hashes = word_shingle_hashes(words, self.shingle_size)
         if not hashes.size:
             return None
-        minhash = self.minhash(self.permutations)
-        minhash.update_batch(hashes.tolist())
-        return minhash.hashvalues
-
-    def minhash(self, permutations: Any) -> MinHash:
-        # hashfunc=int: the shingles arrive hashed already.
-        return MinHash(num_perm=self.num_perm, permutations=permutations, scheme="affine32", hashfunc=int)
+        return minhash_values(hashes, self.permutations)
 
     def band_keys(self, signature: np.ndarray) -> list[int]:
         bands = signature[: self.bands * self.rows].astype(np.uint64).reshape(self.bands, self.rows)

@@ -14,6 +14,7 @@ encode through `encode_segments`, so the model sees identical token boundaries i
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from chatmill.schema import USER_NAME, Conversation, Turn
 
@@ -32,6 +33,11 @@ class Encoded:
 
     def __add__(self, other: "Encoded") -> "Encoded":
         return Encoded(self.ids + other.ids, self.supervised + other.supervised)
+
+    def __iadd__(self, other: "Encoded") -> "Encoded":
+        self.ids += other.ids
+        self.supervised += other.supervised
+        return self
 
 
 def header_text(bot_name: str, persona: str, scenario: str) -> str:
@@ -61,28 +67,40 @@ def turn_segments(turn: Turn, bot_name: str) -> list[Segment]:
 
 
 def encode_segments(tokenizer, pieces: Sequence[Sequence[Segment]]) -> list[Encoded]:
-    """Encode many segment lists with one batched tokenizer call; one Encoded per list."""
-    texts = [text for segments in pieces for text, _ in segments if text is not EOS and text]
-    token_ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    """Encode many segment lists with one batched tokenizer call; one Encoded per list. Each distinct
+    text is tokenized once: segments repeat ("{bot}:" and the newline in every bot turn, a bot's
+    greeting in most of its conversations, short replies such as "*nods*")."""
+    texts = list(dict.fromkeys(text for segments in pieces for text, _ in segments if text))
+    token_ids = {EOS: [tokenizer.eos_token_id], "": []}
+    if texts:
+        ids_per_text = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        token_ids.update(zip(texts, ids_per_text, strict=True))
     result = []
     for segments in pieces:
         encoded = Encoded([], [])
         for text, supervised in segments:
-            if text is EOS:
-                ids = [tokenizer.eos_token_id]
-            else:
-                ids = next(token_ids) if text else []
-            encoded = encoded + Encoded(ids, [supervised] * len(ids))
+            ids = token_ids[text]
+            encoded.ids += ids
+            encoded.supervised += [supervised] * len(ids)
         result.append(encoded)
     return result
 
 
+def encode_conversations(
+    tokenizer, conversations: Sequence[Conversation]
+) -> list[tuple[Encoded, list[Encoded]]]:
+    """Each conversation's header and turns, all encoded in one batched call."""
+    pieces = []
+    for conversation in conversations:
+        pieces.append(header_segments(conversation))
+        pieces += [turn_segments(turn, conversation["bot_name"]) for turn in conversation["turns"]]
+    encoded = iter(encode_segments(tokenizer, pieces))
+    return [(next(encoded), list(islice(encoded, len(c["turns"])))) for c in conversations]
+
+
 def encode_conversation(tokenizer, conversation: Conversation) -> tuple[Encoded, list[Encoded]]:
     """The header and each turn, encoded in one batched call."""
-    pieces = [header_segments(conversation)]
-    pieces += [turn_segments(turn, conversation["bot_name"]) for turn in conversation["turns"]]
-    header, *turns = encode_segments(tokenizer, pieces)
-    return header, turns
+    return encode_conversations(tokenizer, [conversation])[0]
 
 
 def encode_prompt(tokenizer, conversation: Conversation, turns: Sequence[Turn]) -> list[int]:

@@ -28,7 +28,7 @@ from rich.progress import Progress
 
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.filters import ConversationFilter, ExactDuplicate, build_quality_filters
-from chatmill.formats import ParsedRecord, RawRecord, RecordError, iter_records, parser_for
+from chatmill.formats import ParsedRecord, RawRecord, RecordError, iter_records, parsed, parser_for
 from chatmill.io import (
     atomic_dir,
     batched,
@@ -114,12 +114,18 @@ def normalize_record(parsed: ParsedRecord) -> ParsedRecord:
 
 def to_conversation(raw: RawRecord, source: str, format_name: str) -> Conversation:
     """One raw record to a canonical conversation; RecordError says why it cannot be one."""
+    raw = parsed(raw)
     if raw.error:
         raise RecordError(raw.error)
     try:
-        parsed = normalize_record(parser_for(format_name, source)(raw.value))
+        normalized = normalize_record(parser_for(format_name, source)(raw.value))
         conversation = make_conversation(
-            source, parsed.bot_name, parsed.persona, parsed.scenario, parsed.turns, parsed.meta
+            source,
+            normalized.bot_name,
+            normalized.persona,
+            normalized.scenario,
+            normalized.turns,
+            normalized.meta,
         )
     except RecursionError:  # a field (say pippa's categories) nested too deeply to serialise into meta
         raise RecordError("nested too deeply to serialise") from None
@@ -280,7 +286,7 @@ def source_records(sources: dict, manifest: dict, raw_dir: Path) -> Iterator[tup
         if not path.is_file():
             raise ChatmillError(f"clean: source '{name}': {path} is missing; run `dvc repro fetch`")
         read = 0
-        for raw in iter_records(path):
+        for raw in iter_records(path, parse=False):  # the workers parse
             if raw.file_error and not read:  # nothing could be read: the file's fault
                 raise ChatmillError(f"clean: source '{name}': {path}: {raw.error}")
             read += 1

@@ -11,10 +11,12 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.io import atomic_dir, atomic_write_text, read_parquet, unit_interval, write_json, write_parquet
+from chatmill.io import atomic_dir, atomic_write_text, record_batches, unit_interval, write_json
 from chatmill.params import load_params, require
 from chatmill.schema import CONVERSATION_SCHEMA, Conversation, bot_turn_texts
 from chatmill.sources import validate_sources
@@ -26,6 +28,7 @@ PLOT_FILE = Path("reports/length-trim.csv")
 UNITS = ("words", "chars")
 CURVES = ("linear", "cosine")
 HISTOGRAM_BINS = 24
+DECISION_COLUMNS = ["id", "source", "turns"]
 
 
 def validate_trim(trim: dict) -> dict:
@@ -78,7 +81,7 @@ def histogram_csv(before: Counter, after: Counter, bin_width: int) -> str:
 
 
 class Trimmer:
-    """Applies the keep decision while streaming and counts what it sees."""
+    """Applies the keep decision to record batches and counts what it sees."""
 
     def __init__(self, trim: dict, sources: dict):
         self.trim, self.sources = trim, sources
@@ -87,23 +90,29 @@ class Trimmer:
         self.bin_width = histogram_bin_width(trim)
         self.before, self.after = Counter(), Counter()
 
-    def __call__(self, conversations):
-        for conversation in conversations:
-            median = median_reply_length(conversation, self.trim["unit"])
-            source = conversation["source"]
-            counts = self.per_source.setdefault(source, Counter())
-            kept = keeps(conversation, median, self.trim, self.sources[source]["trim"])
-            bin_index = min(int(median // self.bin_width), HISTOGRAM_BINS)
-            self.stats.records_in += 1
-            counts["in"] += 1
-            self.before[bin_index] += 1
-            if kept:
-                self.stats.records_out += 1
-                counts["out"] += 1
-                self.after[bin_index] += 1
-                yield conversation
-            else:
-                self.stats.drop("short_replies")
+    def decide(self, conversation: Conversation) -> bool:
+        """Whether to keep the conversation (its id, source and turns are read), counted."""
+        median = median_reply_length(conversation, self.trim["unit"])
+        source = conversation["source"]
+        counts = self.per_source.setdefault(source, Counter())
+        kept = keeps(conversation, median, self.trim, self.sources[source]["trim"])
+        bin_index = min(int(median // self.bin_width), HISTOGRAM_BINS)
+        self.stats.records_in += 1
+        counts["in"] += 1
+        self.before[bin_index] += 1
+        if kept:
+            self.stats.records_out += 1
+            counts["out"] += 1
+            self.after[bin_index] += 1
+        else:
+            self.stats.drop("short_replies")
+        return kept
+
+    def filter(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The kept rows of a batch, as they are: only the columns the decision reads become Python
+        objects, so persona and meta are never converted and written back."""
+        decisions = [self.decide(conversation) for conversation in batch.select(DECISION_COLUMNS).to_pylist()]
+        return batch.filter(pa.array(decisions, type=pa.bool_()))
 
     def summary(self) -> dict:
         self.stats.extra["sources"] = {
@@ -120,8 +129,14 @@ def main() -> None:
     trim = validate_trim(params["trim"])
     trimmer = Trimmer(trim, validate_sources(params["sources"]))
     with atomic_dir(OUT_DIR) as out, Progress(transient=True) as progress:
-        rows = progress.track(read_parquet(IN_FILE), description="length-trim")
-        write_parquet(out / "conversations.parquet", CONVERSATION_SCHEMA, trimmer(rows))
+        total = pq.ParquetFile(IN_FILE).metadata.num_rows
+        task = progress.add_task("length-trim", total=total)
+        with pq.ParquetWriter(
+            out / "conversations.parquet", CONVERSATION_SCHEMA, compression="zstd"
+        ) as writer:
+            for batch in record_batches(IN_FILE):
+                writer.write_batch(trimmer.filter(batch))
+                progress.advance(task, batch.num_rows)
         summary = trimmer.summary()
         if summary["out"] == 0:
             raise ChatmillError(

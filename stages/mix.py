@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.io import atomic_dir, stable_hash, write_json
+from chatmill.io import atomic_dir, record_batches, stable_hash, write_json
 from chatmill.params import load_params, require
 from chatmill.prompt import render_text
 from chatmill.schema import CONVERSATION_SCHEMA
@@ -63,13 +63,6 @@ def copies_per_conversation(take_keys: np.ndarray, costs: np.ndarray, budget: fl
     copies += full_passes
     copies[order[spent_before < remaining]] += 1  # taken while some budget was left
     return copies
-
-
-def record_batches(
-    path: Path, columns: list[str] | None = None, batch_size: int = READ_BATCH
-) -> Iterator[pa.RecordBatch]:
-    # pre_buffer=False: pre-buffering would hold the whole compressed file in memory
-    return pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
 
 
 def conversation_costs(batch: pa.RecordBatch, by: str, tokenizer) -> list[int]:
@@ -219,7 +212,9 @@ def main() -> None:
             stats.drop("weight_zero" if weights[name] == 0 else "downsampled", dropped)
     with atomic_dir(OUT_DIR) as out, Progress(transient=True) as progress:
         batches = progress.track(
-            record_batches(IN_FILE), total=math.ceil(len(copies) / READ_BATCH), description="mix"
+            record_batches(IN_FILE, batch_size=READ_BATCH),
+            total=math.ceil(len(copies) / READ_BATCH),
+            description="mix",
         )
         stats.extra["rows"] = write_shuffled(batches, copies, seed, out / "conversations.parquet", out)
         stats.extra["by"] = by

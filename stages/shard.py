@@ -31,6 +31,7 @@ from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.io import (
     atomic_dir,
     ordered_pool_map,
+    record_batches,
     remove,
     unit_interval,
     worker_count,
@@ -38,7 +39,7 @@ from chatmill.io import (
     write_parquet,
 )
 from chatmill.params import load_params, require
-from chatmill.prompt import Encoded, encode_conversation
+from chatmill.prompt import Encoded, encode_conversations
 from chatmill.schema import CONVERSATION_SCHEMA, Conversation
 from chatmill.shards import ARRAYS, IGNORE_INDEX, part_name
 from chatmill.stats import StageStats
@@ -49,8 +50,8 @@ OUT_DIR = Path("data/shards")
 OPEN_SEQUENCES = 64  # first-fit looks back this far: low padding, bounded memory
 ENCODE_BATCH = 256  # conversations per task sent to a worker
 COPY_ROWS = 4096  # sequences per chunk when the work files are copied into the parts
+WRITE_BYTES = 1 << 22  # packed sequences are written to the work files in pieces of about 4 MB
 READ_BATCH = 2048  # conversations per record batch when the mixed file is read again
-# The mixed file is read with pre_buffer=False: pre-buffering would hold the whole compressed file in memory.
 
 Window = tuple[np.ndarray, np.ndarray]  # a window's token ids and labels (IGNORE_INDEX: no loss), int32
 
@@ -67,7 +68,7 @@ def windows(header: Encoded, turns: list[Encoded], seq_len: int) -> tuple[list[E
         if len(current) + len(turn) > room:
             result.append(header + current)
             current = Encoded([], [])
-        current = current + turn
+        current += turn  # in place: current is always a fresh Encoded
     if len(current):
         result.append(header + current)
     return [window for window in result if any(window.supervised)], truncated
@@ -77,7 +78,10 @@ class Packer:
     """First-fit packing of windows into fixed-length sequences; full ones are emitted in order."""
 
     def __init__(self, seq_len: int, pad_id: int, sink):
-        self.seq_len, self.pad_id, self.sink = seq_len, pad_id, sink
+        self.seq_len, self.sink = seq_len, sink
+        self.padding = np.full(seq_len, pad_id, dtype=np.int32)
+        self.ignored = np.full(seq_len, IGNORE_INDEX, dtype=np.int32)
+        self.positions = np.arange(seq_len, dtype=np.int32)
         self.open: list[list[Window]] = []
         self.free: list[int] = []  # tokens still free in each open sequence
 
@@ -102,16 +106,22 @@ class Packer:
         self.sink(self.to_arrays(self.open.pop(0)))
 
     def to_arrays(self, sequence: list[Window]) -> dict[str, np.ndarray | int]:
-        ids = np.full(self.seq_len, self.pad_id, dtype=np.int32)
-        labels = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int32)
-        positions = np.arange(self.seq_len, dtype=np.int32)
-        start = 0
-        for window_ids, window_labels in sequence:
-            end = start + len(window_ids)
-            ids[start:end], labels[start:end] = window_ids, window_labels
-            positions[end:] -= end - start  # positions restart after each window, padding's too
-            start = end
-        return {"input_ids": ids, "labels": labels, "position_ids": positions, "length": start}
+        lengths = [len(window_ids) for window_ids, _ in sequence]
+        padding = self.seq_len - sum(lengths)
+        ids = np.concatenate(
+            [*(window_ids for window_ids, _ in sequence), self.padding[:padding]], dtype=np.int32
+        )
+        labels = np.concatenate(
+            [*(window_labels for _, window_labels in sequence), self.ignored[:padding]], dtype=np.int32
+        )
+        # positions restart with each window, and again for the padding
+        positions = np.concatenate([self.positions[:length] for length in [*lengths, padding]])
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": positions,
+            "length": self.seq_len - padding,
+        }
 
 
 class SequenceFile:
@@ -122,14 +132,24 @@ class SequenceFile:
         self.folder, self.seq_len, self.rows = folder, seq_len, 0
         folder.mkdir(parents=True, exist_ok=True)
         self.handles = {name: open(folder / f"{name}.bin", "wb") for name in (*ARRAYS, "length")}
+        self.pending: dict[str, list[bytes]] = {name: [] for name in self.handles}  # rows not yet written
+        self.rows_per_write = max(1, WRITE_BYTES // (len(ARRAYS) * seq_len * 4))
 
     def __call__(self, arrays: dict) -> None:
         for name in ARRAYS:
-            self.handles[name].write(arrays[name].tobytes())
-        self.handles["length"].write(np.int32(arrays["length"]).tobytes())
+            self.pending[name].append(arrays[name].tobytes())
+        self.pending["length"].append(np.int32(arrays["length"]).tobytes())
         self.rows += 1
+        if len(self.pending["length"]) == self.rows_per_write:  # one write per file per piece, not per row
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        for name, rows in self.pending.items():
+            self.handles[name].write(b"".join(rows))
+            rows.clear()
 
     def close(self) -> None:
+        self.write_pending()
         for handle in self.handles.values():
             handle.close()
 
@@ -227,8 +247,10 @@ class BatchEncoder:
     def __call__(self, batch: pa.RecordBatch) -> EncodedBatch:
         tokenizer = load_tokenizer(self.tokenizer_dir)
         encoded, ids, supervised = EncodedBatch(), [], []
-        for conversation in batch.to_pylist():
-            header, turns = encode_conversation(tokenizer, conversation)
+        conversations = batch.to_pylist()
+        for conversation, (header, turns) in zip(
+            conversations, encode_conversations(tokenizer, conversations), strict=True
+        ):
             conversation_windows, truncated = windows(header, turns, self.seq_len)
             encoded.conversation_ids.append(conversation["id"])
             encoded.held_out.append(is_eval(conversation, self.eval_seed, self.eval_fraction))
@@ -246,7 +268,7 @@ class BatchEncoder:
 def held_out_conversations(path: Path, eval_ids: set[str]) -> Iterator[Conversation]:
     """Each eval conversation once, in file order, from a second read of the file: never all in memory."""
     remaining = set(eval_ids)
-    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=READ_BATCH):
+    for batch in record_batches(path, batch_size=READ_BATCH):
         picked = []
         for index, conversation_id in enumerate(batch.column("id").to_pylist()):
             if conversation_id in remaining:
@@ -291,7 +313,7 @@ def main() -> None:
         }
         task = progress.add_task("shard", total=pq.ParquetFile(MIXED_FILE).metadata.num_rows)
         # batches come back in file order, so the output is the same for any worker count
-        batches = pq.ParquetFile(MIXED_FILE, pre_buffer=False).iter_batches(batch_size=ENCODE_BATCH)
+        batches = record_batches(MIXED_FILE, batch_size=ENCODE_BATCH)
         for _, batch in ordered_pool_map(encoder, batches, worker_count(shard["workers"])):
             for conversation_id, held_out, truncated, conversation_windows in batch.conversations():
                 stats.records_in += 1

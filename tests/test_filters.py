@@ -11,6 +11,7 @@ import yaml
 from chatmill.errors import ChatmillError
 from chatmill.filters import (
     ExactDuplicate,
+    Language,
     LoopingBot,
     MessageTooLong,
     NoBotTurn,
@@ -133,16 +134,52 @@ def test_exact_duplicate_keeps_the_first_copy_only():
     assert ExactDuplicate.name == "duplicate"
 
 
+GERMAN_REPLIES = [
+    "Der alte Leuchtturmwärter schenkt dir eine Tasse Tee ein und zeigt auf den Sturm vor dem Fenster.",
+    "Sie erzählt dir vom Schiffbruch, als die Lampe eine ganze Nacht lang dunkel blieb.",
+]
+SPANISH_REPLIES = [
+    "El viejo farero te sirve una taza de té y señala la tormenta que ruge al otro lado de la ventana.",
+    "Te cuenta el naufragio de mil ochocientos noventa, cuando la lámpara se apagó durante toda una noche.",
+]
+LANGUAGE = DEFAULT_FILTERS["language"] | {"enabled": True}
+
+
+def test_language_keeps_the_chosen_languages_and_drops_others():
+    english_only = Language(**{k: v for k, v in LANGUAGE.items() if k != "enabled"})
+    assert english_only.keep(conversation(*LONG_REPLIES))
+    assert not english_only.keep(conversation(*GERMAN_REPLIES, user="Erzähl mir mehr."))
+    assert not english_only.keep(conversation(*SPANISH_REPLIES, user="Cuéntame más."))
+    german_too = Language(languages=["en", "de"], min_probability=0.9, sample_chars=1000)
+    assert german_too.keep(conversation(*GERMAN_REPLIES, user="Erzähl mir mehr."))
+    assert not german_too.keep(conversation(*SPANISH_REPLIES, user="Cuéntame más."))
+
+
+def test_language_keeps_text_too_short_to_tell():
+    english_only = Language(languages=["en"], min_probability=0.9, sample_chars=1000)
+    for reply in ("Hm?", "*nods*", "...", "Mira!", "\U0001f600"):
+        assert english_only.keep(conversation(reply, user="?"))
+
+
+def test_language_reads_only_the_first_sample_chars():
+    # An English opening decides, however much Spanish follows it.
+    mixed = conversation(*LONG_REPLIES, *SPANISH_REPLIES * 20)
+    assert Language(languages=["en"], min_probability=0.9, sample_chars=300).keep(mixed)
+    assert not Language(languages=["en"], min_probability=0.9, sample_chars=100_000).keep(mixed)
+
+
 # ---------------------------------------------------------------- params
 
 
-def test_defaults_build_every_filter_cheapest_first():
+def test_defaults_build_every_filter_but_language_cheapest_first():
     assert [f.name for f in build_quality_filters(DEFAULT_FILTERS)] == [
         "no_bot_turn",
         "message_too_long",
         "zalgo",
         "looping_bot",
     ]
+    with_language = build_quality_filters(DEFAULT_FILTERS | {"language": LANGUAGE})
+    assert [f.name for f in with_language][-1] == "language"
 
 
 def test_a_switched_off_filter_drops_nothing():
@@ -183,6 +220,18 @@ def test_a_switched_off_filter_drops_nothing():
             r"^params\.yaml: clean\.filters\.looping_bot\.similarity must be in \[0\.0, 1\.0\], got 1\.5$",
         ),
         (
+            {"language": LANGUAGE | {"languages": ["en", "klingon"]}},
+            r"^params\.yaml: clean\.filters\.language\.languages has unknown klingon; use ISO 639-1 codes",
+        ),
+        (
+            {"language": LANGUAGE | {"languages": []}},
+            r"^params\.yaml: clean\.filters\.language\.languages must hold 1 to inf items, got \[\]$",
+        ),
+        (
+            {"language": LANGUAGE | {"languages": "en"}},
+            r"^params\.yaml: clean\.filters\.language\.languages must be list, got 'en'$",
+        ),
+        (
             {"no_bot_turn": {"enabled": "yes"}},
             r"^params\.yaml: clean\.filters\.no_bot_turn\.enabled must be bool, got 'yes'$",
         ),
@@ -216,12 +265,14 @@ def test_each_filter_drops_under_its_own_reason_and_stats_reconcile(tmp_path):
                 for m in ({"from": "human", "value": "?"}, {"from": "gpt", "value": stuck})
             ]
         },
+        {"conversations": [{"from": "human", "value": "Hallo"}, {"from": "gpt", "value": GERMAN_REPLIES[1]}]},
         {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": LONG_REPLIES[0]}]},
         {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": LONG_REPLIES[0]}]},
     ]
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["clean"]
+    params["filters"]["language"]["enabled"] = True
     scrubber, filters = clean.build_filters(params)
     stats = StageStats()
     kept = list(
@@ -241,6 +292,7 @@ def test_each_filter_drops_under_its_own_reason_and_stats_reconcile(tmp_path):
         "message_too_long": 1,
         "zalgo": 1,
         "looping_bot": 1,
+        "language": 1,
         "duplicate": 1,
     }
     assert stats.reconciles()

@@ -25,6 +25,7 @@ from chatmill.formats import (
     parse_openai,
     parse_pippa,
     parse_sharegpt,
+    parsed,
     parser_for,
 )
 from chatmill.schema import USER_NAME
@@ -79,6 +80,14 @@ def test_jsonl_bad_lines_become_error_records_and_reading_goes_on(tmp_path):
     assert bad_json.error.startswith("invalid json")
     assert bad_json.raw == '{"n":'
     assert bad_json.value is None
+
+
+def test_jsonl_lines_left_unparsed_parse_later_into_the_same_records(tmp_path):
+    """The clean stage reads with parse=False and parses in its workers: the same records, errors too."""
+    path = write(tmp_path / "a.jsonl", b'{"n": 1}\n{"text": "caf\xe9"}\n{"n": \n[1, 2]\n')
+    unparsed = list(iter_records(path, parse=False))
+    assert [r.value for r in unparsed] == [None] * 4
+    assert [parsed(r) for r in unparsed] == list(iter_records(path))
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 16])

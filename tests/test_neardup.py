@@ -13,9 +13,10 @@ import clean  # stages/clean.py, on sys.path through tests/conftest.py
 import numpy as np
 import pytest
 import yaml
+from datasketch import MinHash
 
 from chatmill.errors import ChatmillError
-from chatmill.neardup import NearDuplicate, shingle_hashes
+from chatmill.neardup import NearDuplicate, minhash_values, shingle_hashes
 from chatmill.stats import StageStats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,19 @@ def test_shingles_ignore_case_and_punctuation():
 def test_a_text_shorter_than_a_shingle_is_one_shingle_and_no_words_are_none():
     assert len(shingle_hashes(["Yes, ma'am."], 5)) == 1
     assert len(shingle_hashes(["...", "*", " "], 5)) == 0
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 3000])
+def test_minhash_values_are_datasketch_minhash_values(count):
+    permutations = NearDuplicate(**DEFAULTS).permutations
+    hashes = np.random.default_rng(count).integers(0, 2**32, size=count, dtype=np.uint64).astype(np.uint32)
+    reference = MinHash(
+        num_perm=len(permutations[0]), permutations=permutations, scheme="affine32", hashfunc=int
+    )
+    reference.update_batch(hashes.tolist())
+    values = minhash_values(hashes, permutations)
+    assert values.dtype == reference.hashvalues.dtype
+    assert np.array_equal(values, reference.hashvalues)
 
 
 # ---------------------------------------------------------------- decisions
