@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lint use bench-data bench-train bench-gpu release compare bench-eval chat
+.PHONY: setup repro test lint pipeline docs use bench-data bench-train bench-gpu bench-eval release compare chat
 
 setup: $(STAMP)
 
@@ -21,53 +21,63 @@ repro: setup
 test: setup
 	$(BIN)/python -m pytest
 
-# Data-stage benchmark on N MB of generated PIPPA logs; writes benchmarks/results/data.json.
-SIZE_MB ?= 100
-bench-data: setup
-	$(BIN)/python benchmarks/bench_data.py --size-mb $(SIZE_MB)
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-# CPU training benchmark: the tiny scratch model trained on N sample conversations (default 60) packed
-# (chatmill), padded per conversation, and one example per reply; writes benchmarks/results/train.json.
-bench-train: setup
-	$(BIN)/python benchmarks/bench_train.py $(if $(N),--conversations $(N))
+# dvc.yaml from params.yaml: run it after changing train.parts or the sources (chatmill/pipeline.py).
+pipeline: setup
+	$(BIN)/python -m chatmill.pipeline
 
-# GPU training benchmark (a CUDA machine, one or more GPUs, no downloads): the packing-exactness tests
-# on the GPU attention paths, then a 1.1B Llama at seq 2048, bf16, ZeRO-1, packed vs padded: tokens/s
-# per GPU and MFU; writes benchmarks/results/gpu.json. ARGS passes options, e.g.
-# ARGS="--ways packed --compile --accumulation 8" (see benchmarks/bench_gpu.py --help).
-bench-gpu: setup
-	$(BIN)/python -m pytest -q tests/test_attention.py
-	$(BIN)/python benchmarks/bench_gpu.py $(ARGS)
+# The generated tables of docs/ (metrics, record formats) from their registries in chatmill/.
+docs: setup
+	$(BIN)/python -m chatmill.docs
+
+# Replace params.yaml with a preset (a complete params set), e.g. `make use PRESET=experiment-7`,
+# and write dvc.yaml for it.
+use: setup
+	@test -f presets/$(PRESET).yaml || { echo "error: presets/$(PRESET).yaml not found; see presets/"; exit 1; }
+	cp presets/$(PRESET).yaml params.yaml
+	$(BIN)/python -m chatmill.pipeline
+	@echo "params.yaml is now presets/$(PRESET).yaml; \`git diff params.yaml dvc.yaml\` shows the change"
 
 # sample-eval of two runs side by side: A and B are DVC experiments or git revisions (read from the
 # DVC cache; `workspace` too) or model folders such as models/part-03 (evaluated now with params.yaml's
 # eval section). Prints the metric diff table and writes reports/compare.html.
 compare: setup
 	@test -n "$(A)" -a -n "$(B)" || { echo "error: usage: make compare A=EXP_OR_MODEL B=EXP_OR_MODEL"; exit 1; }
-	$(BIN)/python stages/sample_eval.py --compare $(A) $(B)
+	$(BIN)/python -m chatmill.compare $(A) $(B)
 
-# Sample-eval generation throughput, batched vs one prompt at a time, on MODEL (default models/part-10)
-# with THREADS torch threads (default: torch's); writes benchmarks/results/eval.json.
-bench-eval: setup
-	$(BIN)/python benchmarks/bench_eval.py $(if $(MODEL),--model $(MODEL)) $(if $(THREADS),--threads $(THREADS))
-
-# Chat in the terminal with MODEL (default models/part-10) as PERSONA (a persona card; default an
-# assistant); /help lists the commands.
+# Chat in the terminal with MODEL (default: the last trained part) as PERSONA (a persona card; default
+# an assistant); /help lists the commands.
 chat: setup
 	$(BIN)/python -m chatmill.chat $(if $(MODEL),--model $(MODEL)) $(if $(PERSONA),--persona $(PERSONA))
-
-lint: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-
-# Replace params.yaml with a preset (a complete params set), e.g. `make use PRESET=experiment-7`.
-use:
-	@test -f presets/$(PRESET).yaml || { echo "error: presets/$(PRESET).yaml not found; see presets/"; exit 1; }
-	cp presets/$(PRESET).yaml params.yaml
-	@echo "params.yaml is now presets/$(PRESET).yaml; \`git diff params.yaml\` shows the change"
 
 # Push the last trained part (or PART=N) to the Hugging Face Hub: release.repo_id (or REPO=OWNER/NAME),
 # branch release.revision. Needs HF_TOKEN or `hf auth login`, a clean git tree and a clean `dvc status`;
 # DRY_RUN=1 only builds release/ and prints what would be pushed.
 release: setup
-	$(BIN)/python stages/release.py $(if $(PART),--part $(PART)) $(if $(REPO),--repo $(REPO)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+	$(BIN)/python -m chatmill.release $(if $(PART),--part $(PART)) $(if $(REPO),--repo $(REPO)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+# Data-stage benchmark on N MB of generated PIPPA logs; writes benchmarks/results/data.json.
+SIZE_MB ?= 100
+bench-data: setup
+	$(BIN)/python -m chatmill.bench.data --size-mb $(SIZE_MB)
+
+# CPU training benchmark: the tiny scratch model trained on N sample conversations (default 60) packed
+# (chatmill), padded per conversation, and one example per reply; writes benchmarks/results/train.json.
+bench-train: setup
+	$(BIN)/python -m chatmill.bench.train $(if $(N),--conversations $(N))
+
+# Sample-eval generation throughput, batched vs one prompt at a time, on MODEL (default: the last trained
+# part) with THREADS torch threads (default: torch's); writes benchmarks/results/eval.json.
+bench-eval: setup
+	$(BIN)/python -m chatmill.bench.eval $(if $(MODEL),--model $(MODEL)) $(if $(THREADS),--threads $(THREADS))
+
+# GPU training benchmark (a CUDA machine, one or more GPUs, no downloads): the packing-exactness tests
+# on the GPU attention paths, then a 1.1B Llama at seq 2048, bf16, ZeRO-1, packed vs padded: tokens/s
+# per GPU and MFU; writes benchmarks/results/gpu.json. ARGS passes options, e.g.
+# ARGS="--ways packed --compile --accumulation 8" (see python -m chatmill.bench.gpu --help).
+bench-gpu: setup
+	$(BIN)/python -m pytest -q tests/test_attention.py
+	$(BIN)/python -m chatmill.bench.gpu $(ARGS)

@@ -1,4 +1,5 @@
-"""Chat with a chatmill model in the terminal: `make chat [MODEL=models/part-03] [PERSONA=card.yaml]`.
+"""Chat with a chatmill model in the terminal: `make chat [MODEL=models/part-03] [PERSONA=card.yaml]`
+(default: the last trained part).
 
 The prompt is the training format (persona header, <START>, "You:" and "{bot}:" turns); a reply ends
 at the end-of-turn token or where the model starts your next "You:" line. Sampling settings change
@@ -24,7 +25,6 @@ import yaml
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.formats import ASSISTANT_NAME, ASSISTANT_PERSONA
 from chatmill.generation import (
     Reply,
     Setting,
@@ -36,9 +36,10 @@ from chatmill.generation import (
     pad_id,
     setting_problem,
 )
+from chatmill.layout import model_dir, trained_parts
+from chatmill.records import ASSISTANT_NAME, ASSISTANT_PERSONA
 from chatmill.schema import USER_NAME, Conversation, Turn
 
-DEFAULT_MODEL = Path("models/part-10")
 # The logbook: temperature 0.5-0.7, top-p 0.9, top-k 40, and a repetition penalty above 1.0.
 DEFAULT_SETTING = Setting(temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1)
 SETTERS: dict[str, tuple[str, type]] = {
@@ -217,17 +218,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="a model folder (default models/part-10)"
-    )
+    parser.add_argument("--model", type=Path, help="a model folder (default: the last trained part)")
     parser.add_argument("--persona", type=Path, help="a persona card (default: an assistant)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="reply length limit (default 200)")
     args = parser.parse_args()
-    if not (args.model / "config.json").is_file():
-        raise ChatmillError(f"chat: {args.model} is not a model folder; run `dvc repro` or pass MODEL=")
+    trained = trained_parts()
+    folder = args.model or (model_dir(trained[-1]) if trained else None)
+    if folder is None or not (folder / "config.json").is_file():
+        raise ChatmillError(
+            f"chat: {folder or 'models/'} has no trained model; run `dvc repro` or pass MODEL="
+        )
     card = load_card(args.persona) if args.persona else DEFAULT_CARD
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = load_model(args.model, device())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = load_model(folder, device())
     context = model.config.max_position_embeddings
     chat = Chat(card, DEFAULT_SETTING, min(args.max_new_tokens, context // 2))
     try:

@@ -9,15 +9,19 @@ reply cut off by max_new_tokens can be told apart from one that ended cleanly.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from chatmill.errors import ChatmillError
+from chatmill.params import require
 from chatmill.prompt import encode_prompt
 from chatmill.schema import USER_NAME, Conversation, Turn
 
 NEXT_USER_TURN = f"\n{USER_NAME}:"
 STOPS = ("eos", "turn", "max_tokens")  # why a reply ended: end-of-turn token, next "You:" line, length
+GRID_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,37 @@ class Reply:
     text: str
     new_tokens: int  # tokens generated up to and including what ended the reply
     stop: str  # one of STOPS
+
+
+def validate_grid(grid: Any) -> list[Setting]:
+    """Every key of every entry is required: a missing one would silently fall back to a
+    transformers default (top_k=50), which is not what the experiment says it ran."""
+    if not isinstance(grid, list) or not grid:
+        raise ChatmillError("params.yaml: eval.grid must be a non-empty list of sampling settings")
+    settings = []
+    for index, entry in enumerate(grid):
+        where = f"eval.grid[{index}]"
+        if not isinstance(entry, dict):
+            raise ChatmillError(f"params.yaml: {where} must be a mapping of {', '.join(GRID_KEYS)}")
+        unknown = sorted(set(entry) - set(GRID_KEYS))
+        if unknown:
+            raise ChatmillError(
+                f"params.yaml: {where} has unknown key(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(GRID_KEYS)}"
+            )
+        setting = Setting(
+            temperature=float(require(entry, "temperature", where, (int, float))),
+            top_p=float(require(entry, "top_p", where, (int, float))),
+            top_k=require(entry, "top_k", where, int),
+            repetition_penalty=float(require(entry, "repetition_penalty", where, (int, float))),
+        )
+        problem = setting_problem(setting)
+        if problem:
+            raise ChatmillError(f"params.yaml: {where}.{problem}")
+        if setting in settings:
+            raise ChatmillError(f"params.yaml: {where} repeats setting {setting.name}")
+        settings.append(setting)
+    return settings
 
 
 def setting_problem(setting: Setting) -> str | None:

@@ -17,6 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from chatmill.errors import ChatmillError
+
 HASH_CHUNK = 1 << 20
 
 
@@ -61,8 +63,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        remove(stale)
+    _remove_stale_siblings(path)
     temporary = _temporary_sibling(path)
     temporary.mkdir()
     try:
@@ -74,9 +75,17 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     temporary.rename(path)
 
 
+def _remove_stale_siblings(path: Path) -> None:
+    """Temporary siblings left by a writer that was killed (its PID is in the name)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        remove(stale)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write the file under a hidden name, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path)
     temporary = _temporary_sibling(path)
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
@@ -101,8 +110,10 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def worker_count(workers: int) -> int:
-    """0 means every core this process may use."""
+def worker_count(workers: Any, key: str) -> int:
+    """The processes params key `key` asks for: 0 means every core this process may use."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ChatmillError(f"params.yaml: {key}={workers!r} must be an integer >= 0 (0 = all cores)")
     return workers or len(os.sched_getaffinity(0))
 
 

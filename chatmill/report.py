@@ -10,23 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-METRICS = {  # column: what it measures (shown on hover)
-    "short_rate": 'share of replies of one word at most ("...", "Yes.") or ended under eval.short_words',
-    "median_words": "median reply length in words",
-    "p10_words": "10th percentile of reply length in words",
-    "p90_words": "90th percentile of reply length in words",
-    "distinct_1": "distinct words / all words",
-    "distinct_2": "distinct word bigrams / all word bigrams (within replies)",
-    "rep_4": "mean share of a reply's word 4-grams that repeat an earlier one in it",
-    "cross_rep_4": "mean share of a reply's 4-grams also found in replies to other prompts (mannerisms)",
-    "hit_max_tokens_rate": "share of replies cut off by eval.max_new_tokens",
-    "accept_rate": "share of replies that are acceptable: not short, not repetitive, ended cleanly",
-    "regens_to_accept": "mean samples drawn until an acceptable one (samples_per_prompt + 1: none)",
-    "keyword_recall": "mean share of a task's expected words in the reply (zero- and few-shot tasks)",
-    "n_replies": "replies measured",
-}
-BETTER_LOW = {"short_rate", "rep_4", "cross_rep_4", "hit_max_tokens_rate", "regens_to_accept"}
-BETTER_HIGH = {"distinct_1", "distinct_2", "accept_rate", "keyword_recall"}
+from chatmill.metrics import BETTER, LOWER, METRICS
+
 COLOURS = ("#3b6fb6", "#d9822b")  # run A, run B
 BINS = 20
 CSS = """
@@ -94,15 +79,16 @@ def change_cell(metric: str, a: Any, b: Any) -> str:
         return "<td></td>"
     change = b - a
     verdict = ""
-    if change and (metric in BETTER_LOW or metric in BETTER_HIGH):
-        verdict = "better" if (change < 0) == (metric in BETTER_LOW) else "worse"
+    better = BETTER.get(metric)
+    if change and better:
+        verdict = "better" if (change < 0) == (better == LOWER) else "worse"
     return f'<td class="{verdict}">{f"{change:+.4g}" if change else "0"}</td>'
 
 
 def metric_table(runs: list[Run]) -> str:
     """One row per group and run; with two runs a row with the change, green where it is better."""
     names = "".join(
-        f'<th title="{esc(help)}">{esc(name).replace("_", "_<wbr>")}</th>' for name, help in METRICS.items()
+        f'<th title="{esc(metric.help)}">{esc(metric.name).replace("_", "_<wbr>")}</th>' for metric in METRICS
     )
     run_column = len(runs) > 1
     lines = [f'<table class="metrics"><tr><th>group</th>{"<th>run</th>" if run_column else ""}{names}</tr>']
@@ -115,11 +101,12 @@ def metric_table(runs: list[Run]) -> str:
             values = [table.get(title, {}).get(label, {}) for table in tables]
             for run, numbers in zip(runs, values, strict=True):
                 run_cell = f'<td class="run">{esc(run.label)}</td>' if run_column else ""
-                cells = "".join(f"<td>{number(numbers.get(name))}</td>" for name in METRICS)
+                cells = "".join(f"<td>{number(numbers.get(metric.name))}</td>" for metric in METRICS)
                 lines.append(f'<tr><td class="group">{esc(label)}</td>{run_cell}{cells}</tr>')
             if len(runs) == 2:
                 cells = "".join(
-                    change_cell(name, values[0].get(name), values[1].get(name)) for name in METRICS
+                    change_cell(metric.name, values[0].get(metric.name), values[1].get(metric.name))
+                    for metric in METRICS
                 )
                 lines.append(
                     f'<tr class="delta"><td class="group">{esc(label)}</td><td>change</td>{cells}</tr>'
@@ -279,7 +266,7 @@ def render_report(runs: list[Run], title: str) -> str:
 <p class="legend">{legend}</p>
 <ul>{summary}</ul>
 <h2 id="metrics">Metrics</h2>
-<p>Hover a column name for its definition (README.md, sample-eval, has them all).</p>
+<p>Hover a column name for its definition (docs/sample-eval.md has them all).</p>
 {metric_table(runs)}
 <h2 id="lengths">Reply length (words)</h2>
 {histograms(runs)}

@@ -15,10 +15,6 @@ IGNORE_INDEX = -100
 ARRAYS = ("input_ids", "labels", "position_ids")
 
 
-def part_name(part: int) -> str:
-    return f"part-{part:02d}"
-
-
 def save_shard(folder: Path, arrays: dict[str, np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ARRAYS:

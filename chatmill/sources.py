@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from chatmill.errors import ChatmillError
-from chatmill.formats import parser_for
 from chatmill.params import require
 
 KEYS = ("uri", "format", "sha256", "trim", "weight")
@@ -79,11 +78,14 @@ def parse_uri(uri: str) -> Location:
     return location
 
 
-def validate_sources(sources: Any) -> dict[str, dict[str, Any]]:
-    """Check the whole sources section before anything is fetched; return it sorted by name.
+REQUIRED = ("uri", "format", "trim", "weight")
 
-    Every problem is a one-line ChatmillError naming its key. sha256 comes back lower-case (or None).
-    """
+
+def validate_sources(sources: Any, needed: tuple[str, ...] = REQUIRED) -> dict[str, dict[str, Any]]:
+    """Check the sources section (or the keys of it that a stage declares: `needed`, which each source
+    must have) before anything is read; return it sorted by name, sha256 lower-case (or None).
+
+    Every problem is a one-line ChatmillError naming its key."""
     if not isinstance(sources, dict):
         raise ChatmillError("params.yaml: sources must be a mapping of NAME: {uri, format, trim, weight}")
     if not sources:
@@ -92,15 +94,15 @@ def validate_sources(sources: Any) -> dict[str, dict[str, Any]]:
     for name in sorted(sources, key=str):
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ChatmillError(f"params.yaml: source name {name!r} must be letters, digits, _ and - only")
-        validated[name] = _validate_source(name, sources[name])
-    if not any(source["weight"] > 0 for source in validated.values()):
+        validated[name] = _validate_source(name, sources[name], needed)
+    if "weight" in needed and not any(source["weight"] > 0 for source in validated.values()):
         raise ChatmillError(
             "params.yaml: all sources have weight 0; give at least one source a positive weight"
         )
     return validated
 
 
-def _validate_source(name: str, source: Any) -> dict[str, Any]:
+def _validate_source(name: str, source: Any, needed: tuple[str, ...]) -> dict[str, Any]:
     where = f"sources.{name}"
     if not isinstance(source, dict):
         raise ChatmillError(f"params.yaml: {where} must be a mapping with keys uri, format, trim, weight")
@@ -109,24 +111,28 @@ def _validate_source(name: str, source: Any) -> dict[str, Any]:
     if unknown:
         names = ", ".join(map(str, unknown))
         raise ChatmillError(f"params.yaml: {where} has unknown key(s) {names}; known: {', '.join(KEYS)}")
-
-    uri = require(source, "uri", where, str)
-    try:
-        parse_uri(uri)
-    except ValueError as error:
-        raise ChatmillError(f"params.yaml: {where}.uri {error}") from None
-    parser_for(require(source, "format", where, str), name)
-    require(source, "trim", where, bool)
-    # Not `require(..., (int, float))`: it would let a bool through as a number.
-    weight = require(source, "weight", where)
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, int | float)
-        or not math.isfinite(weight)
-        or weight < 0
-    ):
-        raise ChatmillError(f"params.yaml: {where}.weight must be a number >= 0, got {weight!r}")
-
+    for key in needed:
+        require(source, key, where)
+    if "uri" in source:
+        try:
+            parse_uri(require(source, "uri", where, str))
+        except ValueError as error:
+            raise ChatmillError(f"params.yaml: {where}.uri {error}") from None
+    if "format" in source:
+        # Which formats exist is chatmill.records' to say (clean checks it): fetch needs no parser.
+        require(source, "format", where, str)
+    if "trim" in source:
+        require(source, "trim", where, bool)
+    if "weight" in source:
+        # Not `require(..., (int, float))`: it would let a bool through as a number.
+        weight = source["weight"]
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+            or weight < 0
+        ):
+            raise ChatmillError(f"params.yaml: {where}.weight must be a number >= 0, got {weight!r}")
     sha256 = source.get("sha256")
     if sha256 is not None and not (isinstance(sha256, str) and SHA256.fullmatch(sha256)):
         raise ChatmillError(f"params.yaml: {where}.sha256 must be 64 hex characters, got {sha256!r}")

@@ -1,31 +1,74 @@
-"""Per-stage accounting: every record that enters leaves as output, a drop with a reason, or quarantine."""
+"""One way to count a data stage: every record that enters is kept, dropped for a reason, or
+quarantined, and each is counted per source. The totals reconcile by construction,
+in == out + sum(dropped) + quarantined, so a stage cannot lose a record without a reason."""
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
+NO_SOURCE = ""  # for stages whose records are not told apart by source (shard)
 
-@dataclass
+
 class StageStats:
-    records_in: int = 0
-    records_out: int = 0
-    quarantined: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    extra: dict[str, Any] = field(default_factory=dict)
+    """The counts of one stage run, and what it has to report besides them (`extra`)."""
 
-    def drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] += count
+    def __init__(self) -> None:
+        self.sources: dict[str, Counter] = {}
+        self.extra: dict[str, Any] = {}
 
-    def reconciles(self) -> bool:
-        return self.records_in == self.records_out + sum(self.dropped.values()) + self.quarantined
+    def _count(self, source: str, outcome: str, count: int) -> None:
+        if count:
+            counts = self.sources.setdefault(source, Counter())
+            counts["in"] += count
+            counts[outcome] += count
+
+    def keep(self, source: str = NO_SOURCE, count: int = 1) -> None:
+        self._count(source, "out", count)
+
+    def drop(self, reason: str, source: str = NO_SOURCE, count: int = 1) -> None:
+        self._count(source, f"dropped_{reason}", count)
+
+    def quarantine(self, source: str = NO_SOURCE, count: int = 1) -> None:
+        self._count(source, "quarantined", count)
+
+    def total(self, outcome: str) -> int:
+        return sum(counts[outcome] for counts in self.sources.values())
+
+    @property
+    def records_in(self) -> int:
+        return self.total("in")
+
+    @property
+    def records_out(self) -> int:
+        return self.total("out")
+
+    @property
+    def quarantined(self) -> int:
+        return self.total("quarantined")
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        reasons: Counter = Counter()
+        for counts in self.sources.values():
+            reasons.update(
+                {key[len("dropped_") :]: n for key, n in counts.items() if key.startswith("dropped_")}
+            )
+        return dict(sorted(reasons.items()))
+
+    def source_table(self, outcomes: tuple[str, ...] | None = None) -> dict[str, dict[str, int]]:
+        """Per source (by name), its counts: in, out, quarantined and dropped_REASON, those that are
+        not zero, or only the named `outcomes`."""
+        return {
+            name: {key: n for key, n in sorted(counts.items()) if outcomes is None or key in outcomes}
+            for name, counts in sorted(self.sources.items())
+            if name != NO_SOURCE
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        if not self.reconciles():
-            raise AssertionError(f"stats do not reconcile: {self}")
+        """stats.json: the totals, then what the stage adds."""
         return {
             "in": self.records_in,
             "out": self.records_out,
-            "dropped": dict(sorted(self.dropped.items())),
+            "dropped": self.dropped,
             "quarantined": self.quarantined,
             **self.extra,
         }

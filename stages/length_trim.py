@@ -1,151 +1,22 @@
-"""length-trim: drop conversations whose bot replies are too short, with a probability curve.
+"""length-trim: data/clean -> data/trimmed. Conversations whose median bot reply is short are
+dropped with a probability that falls along trim.curve (the logbook's central idea); sources with
+`trim: false` pass untouched. Writes stats.json and the before/after histogram for `dvc plots`."""
 
-For each conversation m = median length of its bot replies (trim.unit). P(keep) is 0 for
-m <= threshold, rises along trim.curve to 1 at m >= threshold + ramp. The coin is a hash of
-(trim.seed, conversation id): the same decision in any order, shard or worker count.
-Sources with `trim: false` (instruction data) pass untouched.
-"""
-
-import math
-import statistics
-from collections import Counter
-from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
-from rich.progress import Progress
-
-from chatmill.errors import ChatmillError, exit_on_error
-from chatmill.io import atomic_dir, atomic_write_text, record_batches, unit_interval, write_json
-from chatmill.params import load_params, require
-from chatmill.schema import CONVERSATION_SCHEMA, Conversation, bot_turn_texts
+from chatmill.errors import exit_on_error
+from chatmill.layout import CLEAN_DIR, CONVERSATIONS, LENGTH_TRIM_PLOT, TRIMMED_DIR
+from chatmill.params import stage_params
 from chatmill.sources import validate_sources
-from chatmill.stats import StageStats
-
-IN_FILE = Path("data/clean/conversations.parquet")
-OUT_DIR = Path("data/trimmed")
-PLOT_FILE = Path("reports/length-trim.csv")
-UNITS = ("words", "chars")
-CURVES = ("linear", "cosine")
-HISTOGRAM_BINS = 24
-DECISION_COLUMNS = ["id", "source", "turns"]
-
-
-def validate_trim(trim: dict) -> dict:
-    unit = require(trim, "unit", "trim", str)
-    curve = require(trim, "curve", "trim", str)
-    if unit not in UNITS:
-        raise ChatmillError(f"params.yaml: trim.unit is {unit!r}; use one of {', '.join(UNITS)}")
-    if curve not in CURVES:
-        raise ChatmillError(f"params.yaml: trim.curve is {curve!r}; use one of {', '.join(CURVES)}")
-    for key in ("threshold", "ramp"):
-        if require(trim, key, "trim", (int, float)) < 0:
-            raise ChatmillError(f"params.yaml: trim.{key} must be >= 0, got {trim[key]}")
-    require(trim, "enabled", "trim", bool)
-    require(trim, "seed", "trim", int)
-    return trim
-
-
-def median_reply_length(conversation: Conversation, unit: str) -> float:
-    lengths = [len(text.split()) if unit == "words" else len(text) for text in bot_turn_texts(conversation)]
-    return float(statistics.median(lengths)) if lengths else 0.0
-
-
-def keep_probability(median: float, threshold: float, ramp: float, curve: str) -> float:
-    if median <= threshold:
-        return 0.0
-    if median >= threshold + ramp:
-        return 1.0
-    progress = (median - threshold) / ramp
-    return progress if curve == "linear" else (1 - math.cos(math.pi * progress)) / 2
-
-
-def keeps(conversation: Conversation, median: float, trim: dict, source_trimmed: bool) -> bool:
-    if not trim["enabled"] or not source_trimmed:
-        return True
-    probability = keep_probability(median, trim["threshold"], trim["ramp"], trim["curve"])
-    return unit_interval(trim["seed"], conversation["id"]) < probability
-
-
-def histogram_bin_width(trim: dict) -> int:
-    """Bins fine enough to show the ramp, wide enough to reach three times its end."""
-    return max(1, math.ceil(3 * (trim["threshold"] + trim["ramp"]) / HISTOGRAM_BINS))
-
-
-def histogram_csv(before: Counter, after: Counter, bin_width: int) -> str:
-    """Plot data for `dvc plots`: conversations per median-reply-length bin, before and after."""
-    rows = ["median_reply_length,before,after"]
-    for index in range(HISTOGRAM_BINS + 1):
-        rows.append(f"{index * bin_width},{before[index]},{after[index]}")
-    return "\n".join(rows) + "\n"
-
-
-class Trimmer:
-    """Applies the keep decision to record batches and counts what it sees."""
-
-    def __init__(self, trim: dict, sources: dict):
-        self.trim, self.sources = trim, sources
-        self.stats = StageStats()
-        self.per_source: dict[str, Counter] = {}
-        self.bin_width = histogram_bin_width(trim)
-        self.before, self.after = Counter(), Counter()
-
-    def decide(self, conversation: Conversation) -> bool:
-        """Whether to keep the conversation (its id, source and turns are read), counted."""
-        median = median_reply_length(conversation, self.trim["unit"])
-        source = conversation["source"]
-        counts = self.per_source.setdefault(source, Counter())
-        kept = keeps(conversation, median, self.trim, self.sources[source]["trim"])
-        bin_index = min(int(median // self.bin_width), HISTOGRAM_BINS)
-        self.stats.records_in += 1
-        counts["in"] += 1
-        self.before[bin_index] += 1
-        if kept:
-            self.stats.records_out += 1
-            counts["out"] += 1
-            self.after[bin_index] += 1
-        else:
-            self.stats.drop("short_replies")
-        return kept
-
-    def filter(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The kept rows of a batch, as they are: only the columns the decision reads become Python
-        objects, so persona and meta are never converted and written back."""
-        decisions = [self.decide(conversation) for conversation in batch.select(DECISION_COLUMNS).to_pylist()]
-        return batch.filter(pa.array(decisions, type=pa.bool_()))
-
-    def summary(self) -> dict:
-        self.stats.extra["sources"] = {
-            name: {**counts, "trimmed": self.trim["enabled"] and self.sources[name]["trim"]}
-            for name, counts in sorted(self.per_source.items())
-        }
-        self.stats.extra["keep_rate"] = round(self.stats.records_out / max(self.stats.records_in, 1), 6)
-        return self.stats.to_dict()
+from chatmill.trim import trim_file, validate_trim
 
 
 @exit_on_error
 def main() -> None:
-    params = load_params("trim", "sources")
-    trim = validate_trim(params["trim"])
-    trimmer = Trimmer(trim, validate_sources(params["sources"]))
-    with atomic_dir(OUT_DIR) as out, Progress(transient=True) as progress:
-        total = pq.ParquetFile(IN_FILE).metadata.num_rows
-        task = progress.add_task("length-trim", total=total)
-        with pq.ParquetWriter(
-            out / "conversations.parquet", CONVERSATION_SCHEMA, compression="zstd"
-        ) as writer:
-            for batch in record_batches(IN_FILE):
-                writer.write_batch(trimmer.filter(batch))
-                progress.advance(task, batch.num_rows)
-        summary = trimmer.summary()
-        if summary["out"] == 0:
-            raise ChatmillError(
-                f"length-trim kept 0 of {summary['in']} conversations; lower trim.threshold "
-                f"(now {trim['threshold']} {trim['unit']})"
-            )
-        write_json(out / "stats.json", summary)
-    atomic_write_text(PLOT_FILE, histogram_csv(trimmer.before, trimmer.after, trimmer.bin_width))
-    print(f"length-trim: kept {summary['out']} of {summary['in']} conversations ({summary['keep_rate']:.1%})")
+    params = stage_params("length-trim")
+    sources = validate_sources(params["sources"], needed=("trim",))
+    trimmed = {name: source["trim"] for name, source in sources.items()}
+    trim_file(
+        CLEAN_DIR / CONVERSATIONS, TRIMMED_DIR, LENGTH_TRIM_PLOT, validate_trim(params["trim"]), trimmed
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ The GPU tests skip without CUDA; `make bench-gpu` runs them on a GPU machine.
 
 import pytest
 import torch
-from base_model import scratch_model
 
 from chatmill import attention
+from chatmill.modeling import scratch_model
 from chatmill.shards import IGNORE_INDEX
 
 SIZES = {
@@ -66,13 +66,44 @@ def test_cpu_sdpa_packing_is_exact(tiny_tokenizer):
 
 
 def test_cpu_varlen_packing_is_exact(tiny_tokenizer):
-    """The attention train uses on the CPU: causal SDPA per document (chatmill/attention.py)."""
+    """The attention train uses on the CPU: causal SDPA per document (chatmill/attention.py), packed,
+    against an independent reference: the same weights with transformers' eager attention (plain
+    softmax(QK^T)V under a causal mask, no SDPA, no chatmill code) on the document alone."""
     model = scratch_model(SIZES, tiny_tokenizer, seed=0).eval()
+    reference = scratch_model(SIZES, tiny_tokenizer, seed=0).eval()
     model.set_attn_implementation(attention.packed_attention(torch.device("cpu"), False, seq_len=2048))
+    reference.set_attn_implementation("eager")
     assert model.config._attn_implementation == attention.VARLEN
-    packed, alone, packed_loss, alone_loss = packed_and_alone(model, torch.device("cpu"))
+    assert reference.config._attn_implementation == "eager"
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
+    packed, _, packed_loss, _ = packed_and_alone(model, torch.device("cpu"))
+    _, alone, _, alone_loss = packed_and_alone(reference, torch.device("cpu"))
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed_loss, alone_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_varlen_attention_sees_only_its_own_document(tiny_tokenizer):
+    """Proof the comparison above can fail: with the earlier documents changed, the last document's
+    packed logits stay the same under varlen, and change when the positions do not restart (one
+    document: the last tokens then attend to the changed ones)."""
+    model = scratch_model(SIZES, tiny_tokenizer, seed=0).eval()
+    model.set_attn_implementation(attention.packed_attention(torch.device("cpu"), False, seq_len=2048))
+    generator = torch.Generator().manual_seed(1)
+    first, other_first, last = (torch.randint(3, 300, (n,), generator=generator) for n in (20, 20, 15))
+    restart = torch.cat([torch.arange(20), torch.arange(15)]).unsqueeze(0)
+    no_restart = torch.arange(35).unsqueeze(0)
+
+    def last_logits(prefix: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        ids = torch.cat([prefix, last]).unsqueeze(0)
+        with torch.no_grad():
+            return model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, -15:]
+
+    torch.testing.assert_close(
+        last_logits(first, restart), last_logits(other_first, restart), atol=1e-5, rtol=1e-5
+    )
+    assert not torch.allclose(
+        last_logits(first, no_restart), last_logits(other_first, no_restart), atol=1e-3, rtol=1e-3
+    )
 
 
 @CUDA

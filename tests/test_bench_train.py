@@ -1,17 +1,12 @@
 """The training benchmark's data layouts: the three ways supervise the same tokens in the same contexts."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import bench_train  # noqa: E402  (a benchmark script, found through the path above)
-
-from chatmill.prompt import Encoded, encode_conversation  # noqa: E402
-from chatmill.shards import IGNORE_INDEX  # noqa: E402
+from chatmill.bench import train as bench_train
+from chatmill.modeling import scratch_model
+from chatmill.prompt import Encoded, encode_conversation
+from chatmill.shards import IGNORE_INDEX
 
 PAD = 0
 
@@ -109,10 +104,8 @@ def test_supervised_targets_tell_apart_the_same_tokens_in_another_context(
 
 
 def test_a_training_step_lowers_the_loss_on_its_batch(three_ways, tiny_tokenizer, tiny_scratch):
-    import base_model
-
     trainer = bench_train.WayTrainer(
-        base_model.scratch_model(tiny_scratch, tiny_tokenizer, seed=0),
+        scratch_model(tiny_scratch, tiny_tokenizer, seed=0),
         {"lr": 1e-2, "weight_decay": 0.0, "grad_clip": 1.0},
     )
     batch = three_ways["packed"][0]

@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatmill import chat
 from chatmill.errors import ChatmillError
-from chatmill.generation import STOPS, Reply
+from chatmill.generation import STOPS, Reply, generate_replies
 from chatmill.prompt import encode_prompt
 
 CARD = chat.Card(
@@ -99,25 +99,79 @@ def test_prompt_is_the_training_format(tiny_tokenizer):
     assert text.endswith("Aria: Welcome!</s>\nYou: Hi.\nAria:")
 
 
-def test_generate_with_a_tiny_model(tiny_tokenizer):
+def tiny_model(tokenizer, context: int) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
+        vocab_size=len(tokenizer),
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
+        max_position_embeddings=context,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
+
+
+def generate_and_record(monkeypatch, model, tokenizer, session: chat.Chat) -> tuple[Reply, list[int]]:
+    """chat.generate's reply, and the prompt it really passed to generation."""
+    prompts = []
+
+    def recording(model, tokenizer, batch, *args, **kwargs):
+        prompts.extend(batch)
+        return generate_replies(model, tokenizer, batch, *args, **kwargs)
+
+    monkeypatch.setattr(chat, "generate_replies", recording)
+    reply = chat.generate(model, tokenizer, session)
+    assert len(prompts) == 1
+    assert reply.stop in STOPS and 1 <= reply.new_tokens <= session.max_new_tokens
+    assert "\nYou:" not in reply.text
+    return reply, prompts[0]
+
+
+def test_a_long_chat_drops_the_oldest_turns_and_keeps_the_header(tiny_tokenizer, monkeypatch):
+    model = tiny_model(tiny_tokenizer, context=128)
+    session = new_chat()  # max_new_tokens 16: the prompt may have 128 - 16 tokens
+    session.turns = [
+        {"role": "user", "name": "You", "text": "Is the lighthouse far?"},
+        {"role": "bot", "name": "Aria", "text": "A short walk along the pier."},
+        {"role": "user", "name": "You", "text": "Can we go now?"},
+    ]
+    header, turns = chat.conversation(CARD, session.turns)
+    limit = model.config.max_position_embeddings - session.max_new_tokens
+    assert limit == 112 and len(encode_prompt(tiny_tokenizer, header, turns)) > limit  # it must shrink
+
+    _, ids = generate_and_record(monkeypatch, model, tiny_tokenizer, session)
+
+    assert len(ids) <= limit
+    # Exactly the oldest turns are gone, no more than needed: one more turn would not fit.
+    first = next(
+        (start for start in range(len(turns)) if ids == encode_prompt(tiny_tokenizer, header, turns[start:])),
+        None,
+    )
+    assert first is not None, "the prompt is not the header and the newest turns, as in training"
+    assert 0 < first < len(turns) - 1  # some turns dropped, more than the last one kept
+    assert len(encode_prompt(tiny_tokenizer, header, turns[first - 1 :])) > limit
+    text = tiny_tokenizer.decode(ids)
+    assert text.startswith("Aria's Persona: A cheerful guide.\nScenario: The harbour.\n<START>\n")
+    assert "Where is the pier?" not in text  # the oldest turn, the card's example
+    assert text.endswith("Aria: A short walk along the pier.</s>\nYou: Can we go now?\nAria:")
+
+
+def test_a_last_turn_too_long_on_its_own_keeps_its_tail(tiny_tokenizer, monkeypatch):
+    model = tiny_model(tiny_tokenizer, context=64)  # the header alone does not fit in 64 - 16 tokens
     session = new_chat()
     session.turns = [{"role": "user", "name": "You", "text": "Tell me a long story about the sea. " * 5}]
-    reply = chat.generate(model, tiny_tokenizer, session)  # the context is full: the oldest turns go
-    assert reply.stop in STOPS and 1 <= reply.new_tokens <= 16
-    assert "\nYou:" not in reply.text
+    header, turns = chat.conversation(CARD, session.turns)
+    limit = model.config.max_position_embeddings - session.max_new_tokens
+
+    _, ids = generate_and_record(monkeypatch, model, tiny_tokenizer, session)
+
+    assert len(ids) == limit
+    assert ids == encode_prompt(tiny_tokenizer, header, turns[-1:])[-limit:]
+    assert tiny_tokenizer.decode(ids).endswith("about the sea. \nAria:")
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The clean stage: normalisation, placeholders, drops, exact dedup, quarantine and the whole stage run.
 PII scrubbing, the quality filters and near-dup have their own tests: test_pii, test_filters, test_neardup."""
 
+import copy
 import datetime
 import gzip
 import io
@@ -8,22 +9,26 @@ import json
 import random
 from pathlib import Path
 
-import clean  # stages/clean.py, on sys.path through tests/conftest.py
 import pyarrow.parquet as pq
 import pytest
-import yaml
+from conftest import DEFAULT_PARAMS, run_stage, write_workspace
 
+import chatmill.clean as clean
+from chatmill.containers import RawRecord
+from chatmill.errors import ChatmillError
 from chatmill.filters import ExactDuplicate, NoBotTurn
-from chatmill.formats import ParsedRecord, RawRecord, RecordError
+from chatmill.records import ParsedRecord, RecordError
 from chatmill.schema import USER_NAME
 from chatmill.stats import StageStats
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_clean_params(**changes) -> dict:
     """The repository's `clean` section (PII, filters, near-dup and all), with the test's changes."""
-    return yaml.safe_load((ROOT / "params.yaml").read_text())["clean"] | changes
+    return copy.deepcopy(DEFAULT_PARAMS["clean"]) | changes
+
+
+def reconciles(stats: StageStats) -> bool:
+    return stats.records_in == stats.records_out + sum(stats.dropped.values()) + stats.quarantined
 
 
 def sharegpt(*texts: str, **fields) -> dict:
@@ -187,9 +192,19 @@ def test_different_conversations_are_not_duplicates():
 
 def test_the_first_filter_that_drops_names_the_reason():
     only_user = conversation_of(sharegpt("Hello?"))
-    filters = [NoBotTurn(), ExactDuplicate()]
-    assert clean.drop_reason(only_user, filters) == "no_bot_turn"
-    assert clean.drop_reason(only_user, filters) == "no_bot_turn"  # never seen by ExactDuplicate
+    with_reply = conversation_of(sharegpt("Hello?", "Hi!"))
+    seen = ExactDuplicate()
+    assert seen.keep(only_user) and seen.keep(with_reply)  # both seen once: copies of them are duplicates
+    assert not NoBotTurn().keep(only_user) and not seen.keep(only_user)  # each filter alone drops it
+    # Both filters would drop it: the reason is the first one's, in either order.
+    assert clean.drop_reason(only_user, [NoBotTurn(), seen]) == "no_bot_turn"
+    assert clean.drop_reason(only_user, [seen, NoBotTurn()]) == "duplicate"
+    # The first keeps it, the second drops it: the reason is the second one's.
+    assert clean.drop_reason(with_reply, [NoBotTurn(), seen]) == "duplicate"
+    # A filter after the one that drops never sees the conversation: a fresh index still keeps it.
+    fresh = ExactDuplicate()
+    assert clean.drop_reason(only_user, [NoBotTurn(), fresh]) == "no_bot_turn"
+    assert fresh.seen == set()
 
 
 # ---------------------------------------------------------------- scrub_conversation and build_filters
@@ -244,6 +259,62 @@ def test_build_filters_follows_params_and_orders_the_filters():
     assert [f.name for f in filters] == ["no_bot_turn", "message_too_long", "looping_bot", "duplicate"]
 
 
+# ---------------------------------------------------------------- source_formats
+
+
+def fresh_logs(**changes) -> dict:
+    """A sources section of one source, with the test's changes to it."""
+    return {
+        "fresh_logs": {"uri": "data/sources/fresh.jsonl", "format": "sharegpt", "trim": True, "weight": 1.0}
+        | changes
+    }
+
+
+def test_source_formats_maps_each_source_to_its_format_by_name():
+    sources = fresh_logs() | {
+        "community_logs": {"uri": "data/sources/pippa.jsonl.gz", "format": "pippa", "trim": True, "weight": 1}
+    }
+    formats = clean.source_formats(sources)
+    assert list(formats.items()) == [("community_logs", "pippa"), ("fresh_logs", "sharegpt")]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"format": "xml"},
+            "params.yaml: sources.fresh_logs.format is 'xml'; known formats: pippa, sharegpt, openai, alpaca",
+        ),
+        ({"format": 7}, "params.yaml: sources.fresh_logs.format must be str, got 7"),
+    ],
+)
+def test_source_formats_names_the_bad_key_and_the_known_formats(change, message):
+    with pytest.raises(ChatmillError) as error:
+        clean.source_formats(fresh_logs(**change))
+    assert str(error.value) == message
+
+
+def test_source_formats_missing_format():
+    sources = fresh_logs()
+    del sources["fresh_logs"]["format"]
+    with pytest.raises(ChatmillError, match=r"^params\.yaml: sources\.fresh_logs\.format is missing$"):
+        clean.source_formats(sources)
+
+
+def test_an_unknown_format_stops_the_stage_before_it_reads_anything(tmp_path, monkeypatch, capsys):
+    """No data/raw here: a stage that read before checking would fail on the missing manifest instead."""
+    monkeypatch.chdir(tmp_path)
+    write_workspace(tmp_path, {"sources": fresh_logs(format="xml")}, replace=True)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("clean")
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: params.yaml: sources.fresh_logs.format is 'xml'; "
+        "known formats: pippa, sharegpt, openai, alpaca\n"
+    )
+    assert not (tmp_path / "data").exists()
+
+
 # ---------------------------------------------------------------- quarantine_entry
 
 
@@ -276,12 +347,12 @@ def write_raw(raw_dir: Path, files: dict[str, tuple[str, bytes]]) -> dict:
     return manifest
 
 
-def run_clean_sources(tmp_path: Path, sources: dict, files: dict) -> tuple[list, list, StageStats]:
+def run_clean_sources(tmp_path: Path, formats: dict, files: dict) -> tuple[list, list, StageStats]:
     manifest = write_raw(tmp_path / "raw", files)
     quarantine, stats = io.StringIO(), StageStats()
     scrubber, filters = clean.build_filters(default_clean_params())
     kept = list(
-        clean.clean_sources(sources, manifest, tmp_path / "raw", quarantine, stats, scrubber, filters)
+        clean.clean_sources(formats, manifest, tmp_path / "raw", quarantine, stats, scrubber, filters)
     )
     return kept, [json.loads(q) for q in quarantine.getvalue().splitlines()], stats
 
@@ -291,12 +362,12 @@ def test_first_copy_of_a_duplicate_is_kept_by_source_name_then_file_order(tmp_pa
     one_spaced = line(sharegpt("Hi ", "  Hello!", id="second"))
     one_elsewhere = line(sharegpt("Hi", "Hello!\r\n", id="elsewhere"))
     two = line(sharegpt("Bye", "See you."))
-    sources = {"b_logs": {"format": "sharegpt"}, "a_logs": {"format": "sharegpt"}}
+    formats = {"b_logs": "sharegpt", "a_logs": "sharegpt"}
     files = {
         "b_logs": ("b.jsonl", f"{one_elsewhere}\n{two}\n".encode()),
         "a_logs": ("a.jsonl", f"{one}\n{one_spaced}\n".encode()),
     }
-    kept, quarantined, stats = run_clean_sources(tmp_path, sources, files)
+    kept, quarantined, stats = run_clean_sources(tmp_path, formats, files)
     assert [(c["source"], json.loads(c["meta"])) for c in kept] == [
         ("a_logs", {"origin_id": "first"}),
         ("b_logs", {}),
@@ -313,7 +384,7 @@ def test_malformed_records_are_quarantined_in_order_with_reason_and_raw(tmp_path
     bad_role = line(sharegpt("Hi", "Hello!") | {"conversations": [{"from": "bard", "value": "x"}]})
     content = f'{line(sharegpt("Hi", "Hello!"))}\n{{"conv\n\n{bad_role}\n'.encode() + b'{"caf\xe9"}\n'
     kept, quarantined, stats = run_clean_sources(
-        tmp_path, {"logs": {"format": "sharegpt"}}, {"logs": ("logs.jsonl", content)}
+        tmp_path, {"logs": "sharegpt"}, {"logs": ("logs.jsonl", content)}
     )
     assert len(kept) == 1
     assert [(q["source"], q["location"]) for q in quarantined] == [
@@ -327,22 +398,22 @@ def test_malformed_records_are_quarantined_in_order_with_reason_and_raw(tmp_path
     assert reasons[2].startswith("invalid utf-8: ")
     assert [q["raw"] for q in quarantined] == ['{"conv', bad_role, '{"caf\ufffd"}\n']
     assert (stats.records_in, stats.records_out, stats.quarantined) == (4, 1, 3)
-    assert stats.reconciles()
+    assert reconciles(stats)
 
 
 def test_truncated_file_keeps_what_was_read_and_quarantines_the_fault(tmp_path):
     records = "".join(line(sharegpt(f"Question {i}?", f"Answer {i}.")) + "\n" for i in range(200)).encode()
     data = gzip.compress(records)
     kept, quarantined, stats = run_clean_sources(
-        tmp_path, {"logs": {"format": "sharegpt"}}, {"logs": ("logs.jsonl.gz", data[: len(data) - 40])}
+        tmp_path, {"logs": "sharegpt"}, {"logs": ("logs.jsonl.gz", data[: len(data) - 40])}
     )
     assert 0 < len(kept) < 200
     assert [q["location"] for q in quarantined] == ["logs.jsonl.gz"]
     assert quarantined[0]["reason"].startswith("unreadable file: EOFError")
-    assert stats.records_in == len(kept) + 1 and stats.reconciles()
+    assert stats.records_in == len(kept) + 1 and reconciles(stats)
 
 
-# ---------------------------------------------------------------- main(): the whole stage
+# ---------------------------------------------------------------- the whole stage (stages/clean.py)
 
 
 PIPPA_GOOD = {
@@ -400,15 +471,13 @@ def write_stage_inputs(root: Path, max_fraction: float) -> list[str]:
         },
     )
     (root / "data" / "raw" / "manifest.json").write_text(json.dumps(manifest))
-    params = {
-        "sources": {
-            "community_logs": {"uri": "src/pippa.jsonl", "format": "pippa", "trim": True, "weight": 0.7},
-            "instructions": {"uri": "src/alpaca.json", "format": "alpaca", "trim": False, "weight": 0.1},
-            "fresh_logs": {"uri": "src/fresh.jsonl.gz", "format": "sharegpt", "trim": True, "weight": 0.2},
-        },
-        "clean": default_clean_params(max_quarantine_fraction=max_fraction),
+    sources = {
+        "community_logs": {"uri": "src/pippa.jsonl", "format": "pippa", "trim": True, "weight": 0.7},
+        "instructions": {"uri": "src/alpaca.json", "format": "alpaca", "trim": False, "weight": 0.1},
+        "fresh_logs": {"uri": "src/fresh.jsonl.gz", "format": "sharegpt", "trim": True, "weight": 0.2},
     }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    clean_section = default_clean_params(max_quarantine_fraction=max_fraction)
+    write_workspace(root, {"sources": sources, "clean": clean_section}, replace=True)
     return [pippa_bad_json, pippa_no_conversation, line(ALPACA[2]), share_bad_role]
 
 
@@ -420,7 +489,7 @@ def output_bytes(root: Path) -> dict[str, bytes]:
 def test_main_writes_conversations_quarantine_and_reconciled_stats(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad_raw = write_stage_inputs(tmp_path, max_fraction=0.5)
-    clean.main()
+    run_stage("clean")
 
     assert sorted(output_bytes(tmp_path)) == ["conversations.parquet", "quarantine.jsonl", "stats.json"]
     assert [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".")] == []
@@ -473,9 +542,9 @@ def test_main_writes_conversations_quarantine_and_reconciled_stats(tmp_path, mon
 def test_main_twice_gives_byte_identical_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_stage_inputs(tmp_path, max_fraction=0.5)
-    clean.main()
+    run_stage("clean")
     first = output_bytes(tmp_path)
-    clean.main()
+    run_stage("clean")
     assert output_bytes(tmp_path) == first
 
 
@@ -483,7 +552,7 @@ def test_main_fails_when_too_much_is_quarantined_but_leaves_quarantine_to_read(t
     monkeypatch.chdir(tmp_path)
     write_stage_inputs(tmp_path, max_fraction=0.25)
     with pytest.raises(SystemExit) as exit_info:
-        clean.main()
+        run_stage("clean")
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
@@ -495,7 +564,7 @@ def test_main_fails_when_too_much_is_quarantined_but_leaves_quarantine_to_read(t
 def test_main_at_exactly_the_quarantine_limit_succeeds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_stage_inputs(tmp_path, max_fraction=0.4)
-    clean.main()
+    run_stage("clean")
     assert json.loads((tmp_path / "data/clean/stats.json").read_text())["quarantined"] == 4
 
 
@@ -537,14 +606,12 @@ def varied_inputs(root: Path) -> None:
 
 
 def write_params(root: Path, **clean_changes) -> None:
-    params = {
-        "sources": {
-            "chat": {"uri": "src/chat.jsonl", "format": "sharegpt", "trim": True, "weight": 0.5},
-            "pippa": {"uri": "src/pippa.jsonl.gz", "format": "pippa", "trim": True, "weight": 0.5},
-        },
-        "clean": default_clean_params(max_quarantine_fraction=1.0, **clean_changes),
+    sources = {
+        "chat": {"uri": "src/chat.jsonl", "format": "sharegpt", "trim": True, "weight": 0.5},
+        "pippa": {"uri": "src/pippa.jsonl.gz", "format": "pippa", "trim": True, "weight": 0.5},
     }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    clean_section = default_clean_params(max_quarantine_fraction=1.0, **clean_changes)
+    write_workspace(root, {"sources": sources, "clean": clean_section}, replace=True)
 
 
 def test_outputs_are_byte_identical_for_one_and_two_workers(tmp_path, monkeypatch):
@@ -554,7 +621,7 @@ def test_outputs_are_byte_identical_for_one_and_two_workers(tmp_path, monkeypatc
     outputs = {}
     for workers in (1, 2):
         write_params(tmp_path, workers=workers)
-        clean.main()
+        run_stage("clean")
         outputs[workers] = output_bytes(tmp_path)
     assert outputs[1] == outputs[2]
     stats = json.loads(outputs[2]["stats.json"])
@@ -568,5 +635,8 @@ def test_negative_workers_is_a_params_error(tmp_path, monkeypatch, capsys):
     varied_inputs(tmp_path)
     write_params(tmp_path, workers=-1)
     with pytest.raises(SystemExit):
-        clean.main()
-    assert "clean.workers=-1 must be >= 0 (0 = all cores)" in capsys.readouterr().err
+        run_stage("clean")
+    assert capsys.readouterr().err == (
+        "error: params.yaml: clean.workers=-1 must be an integer >= 0 (0 = all cores)\n"
+    )
+    assert not (tmp_path / "data" / "clean").exists()  # stopped before cleaning anything

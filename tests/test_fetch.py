@@ -1,4 +1,5 @@
-"""The fetch stage and the sources section: local copies, HTTP downloads and Hub files, all offline.
+"""The fetch stage (chatmill.fetch, run through stages/fetch.py) and the sources section (chatmill.sources):
+local copies, HTTP downloads and Hub files, all offline.
 
 HTTP and the Hub are a stand-in server on 127.0.0.1. The hf:// tests run the real huggingface_hub client
 against it: it serves HEAD/GET on /datasets/{repo}/resolve/{revision}/{path} with the headers the client
@@ -6,7 +7,6 @@ requires (X-Repo-Commit, ETag, Content-Length; X-Error-Code on a 404).
 """
 
 import hashlib
-import importlib.util
 import json
 import threading
 from collections.abc import Iterator
@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_stage, write_workspace
 from huggingface_hub import constants
 
+import chatmill.fetch as fetch
 from chatmill.errors import ChatmillError
 from chatmill.sources import HttpUrl, HubFile, LocalPath, parse_uri, validate_sources
-
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("stage_fetch", ROOT / "stages" / "fetch.py")
-fetch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_test_token_never_printed"
@@ -114,11 +111,18 @@ def source(uri: str, **overrides: object) -> dict:
     return {"uri": uri, "format": "sharegpt", "trim": True, "weight": 1.0, **overrides}
 
 
-def run_fetch(sources: dict, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run the stage's main() with these sources in ./params.yaml; return (exit status, stdout, stderr)."""
-    Path("params.yaml").write_text(yaml.safe_dump({"sources": sources, "trim": {"enabled": True}}))
+def run_fetch(sources: dict, capsys: pytest.CaptureFixture, **uris: str) -> tuple[int, str, str]:
+    """Run stages/fetch.py with these sources in ./params.yaml (and its dvc.yaml); return (exit status,
+    stdout, stderr). `uris` (source name: uri) are put into params.yaml after dvc.yaml is written: uris
+    that writing dvc.yaml would reject, for the stage to reject."""
+    write_workspace(Path.cwd(), {"sources": sources}, replace=True)
+    if uris:
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        for name, uri in uris.items():
+            params["sources"][name]["uri"] = uri
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        fetch.main()
+        run_stage("fetch")
         status = 0
     except SystemExit as exit:
         status = exit.code
@@ -150,14 +154,12 @@ def test_local_sources_are_copied_with_a_manifest(workdir: Path, capsys: pytest.
     assert manifest() == {
         "fresh_logs": {
             "uri": "data/sources/fresh.jsonl",
-            "format": "sharegpt",
             "file": "fresh_logs/fresh.jsonl",
             "bytes": len(LOGS),
             "sha256": sha256(LOGS),
         },
         "instructions": {
             "uri": "data/sources/tasks.json",
-            "format": "alpaca",
             "file": "instructions/tasks.json",
             "bytes": 2,
             "sha256": sha256(b"[]"),
@@ -192,7 +194,6 @@ def test_http_download_is_verified(
     assert Path("data/raw/web/logs 2023.jsonl").read_bytes() == LOGS
     assert manifest()["web"] == {
         "uri": uri,
-        "format": "sharegpt",
         "file": "web/logs 2023.jsonl",
         "bytes": len(LOGS),
         "sha256": sha256(LOGS),
@@ -269,7 +270,6 @@ def test_hub_dataset_file_through_the_real_client(
     assert not Path("data/raw/hub/train.jsonl").is_symlink()  # a copy, not a link into the cache
     assert manifest()["hub"] == {
         "uri": uri,
-        "format": "sharegpt",
         "file": "hub/train.jsonl",
         "bytes": len(LOGS),
         "sha256": sha256(LOGS),
@@ -347,10 +347,8 @@ def test_validate_sources_returns_the_section_sorted() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (
-            {"format": "xml"},
-            "params.yaml: sources.fresh_logs.format is 'xml'; known formats: pippa, sharegpt, openai, alpaca",
-        ),
+        # Which format names exist is clean's to check (test_clean: source_formats); here, only the type.
+        ({"format": 7}, "params.yaml: sources.fresh_logs.format must be str, got 7"),
         ({"uri": None}, "params.yaml: sources.fresh_logs.uri must be str, got None"),
         (
             {"uri": "ftp://host/a.jsonl"},
@@ -425,9 +423,50 @@ def test_validate_sources_rejects_the_section(sources: object, message: str) -> 
     assert str(error.value).startswith(message)
 
 
+def test_validate_sources_leaves_format_names_to_clean() -> None:
+    sources = valid_sources()
+    sources["fresh_logs"]["format"] = "xml"
+
+    assert validate_sources(sources)["fresh_logs"]["format"] == "xml"
+
+
+def test_validate_sources_checks_only_the_needed_keys_each_source_must_have() -> None:
+    """The fetch stage reads uri and sha256 only: no format, trim or weight to require."""
+    sources = {"fresh_logs": {"uri": "data/sources/fresh.jsonl"}}
+
+    assert validate_sources(sources, needed=("uri",)) == {
+        "fresh_logs": {"uri": "data/sources/fresh.jsonl", "sha256": None}
+    }
+    with pytest.raises(ChatmillError, match=r"^params.yaml: sources.fresh_logs.format is missing$"):
+        validate_sources(sources)
+    with pytest.raises(ChatmillError, match=r"^params.yaml: sources.fresh_logs.uri is missing$"):
+        validate_sources({"fresh_logs": {"sha256": None}}, needed=("uri",))
+
+
 def test_bad_params_stop_the_stage_before_fetching(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    status, out, err = run_fetch({"fresh_logs": source("data/sources/fresh.jsonl", format="xml")}, capsys)
+    Path("data/sources").mkdir(parents=True)
+    Path("data/sources/fresh.jsonl").write_bytes(LOGS)
+    sources = {
+        "fresh_logs": source("data/sources/fresh.jsonl"),
+        "web": source("https://example.org/logs.jsonl"),
+    }
+    status, out, err = run_fetch(sources, capsys, web="ftp://example.org/logs.jsonl")
 
     assert status == 1
-    assert err.startswith("error: params.yaml: sources.fresh_logs.format is 'xml'; known formats: pippa")
-    assert not Path("data").exists()
+    assert err == (
+        "error: params.yaml: sources.web.uri 'ftp://example.org/logs.jsonl' has unsupported scheme 'ftp'; "
+        "use a repo-relative path, an http(s):// URL or hf://datasets/OWNER/NAME[@REV]/PATH\n"
+    )
+    assert sorted(p.name for p in Path("data").iterdir()) == ["sources"]  # not even the good source
+
+
+def test_fetch_leaves_the_record_format_to_clean(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """fetch reads no format: a format name only clean knows to be wrong does not stop it."""
+    Path("data/sources").mkdir(parents=True)
+    Path("data/sources/fresh.jsonl").write_bytes(LOGS)
+
+    status, out, err = run_fetch({"fresh_logs": source("data/sources/fresh.jsonl", format="xml")}, capsys)
+
+    assert (status, err) == (0, "")
+    assert Path("data/raw/fresh_logs/fresh.jsonl").read_bytes() == LOGS
+    assert "format" not in manifest()["fresh_logs"]

@@ -1,13 +1,13 @@
 """The quality filters: each one's keep and drop with its reason, switching off, params validation."""
 
+import copy
 import io
 import json
-from pathlib import Path
 
-import clean  # stages/clean.py, on sys.path through tests/conftest.py
 import pytest
-import yaml
+from conftest import DEFAULT_PARAMS
 
+import chatmill.clean as clean
 from chatmill.errors import ChatmillError
 from chatmill.filters import (
     ExactDuplicate,
@@ -20,8 +20,7 @@ from chatmill.filters import (
 )
 from chatmill.stats import StageStats
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_FILTERS = yaml.safe_load((ROOT / "params.yaml").read_text())["clean"]["filters"]
+DEFAULT_FILTERS = DEFAULT_PARAMS["clean"]["filters"]
 LONG_REPLIES = [
     "The old lighthouse keeper pours you a cup of tea and points at the storm outside the window.",
     "She tells you about the shipwreck of eighteen ninety, when the lamp went dark for a whole night.",
@@ -271,13 +270,13 @@ def test_each_filter_drops_under_its_own_reason_and_stats_reconcile(tmp_path):
     ]
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())["clean"]
+    params = copy.deepcopy(DEFAULT_PARAMS["clean"])
     params["filters"]["language"]["enabled"] = True
     scrubber, filters = clean.build_filters(params)
     stats = StageStats()
     kept = list(
         clean.clean_sources(
-            {"logs": {"format": "sharegpt"}},
+            {"logs": "sharegpt"},
             {"logs": {"file": "logs/logs.jsonl"}},
             tmp_path,
             io.StringIO(),
@@ -295,5 +294,6 @@ def test_each_filter_drops_under_its_own_reason_and_stats_reconcile(tmp_path):
         "language": 1,
         "duplicate": 1,
     }
-    assert stats.reconciles()
+    assert stats.records_in == len(records) == 7
+    assert stats.records_in == stats.records_out + sum(stats.dropped.values()) + stats.quarantined
     assert stats.extra["sources"]["logs"]["dropped_zalgo"] == 1

@@ -1,7 +1,8 @@
 """Hostile input (issue 3, item 6): malformed records and files, each run through the real clean stage.
 
 Every case is a small source file, most of them the hostile record between two good ones, cleaned by
-`clean.main()` in a scratch directory. None may crash the stage. Each case names its outcome:
+the clean stage (stages/clean.py, as DVC runs it) in a scratch workspace. None may crash the stage.
+Each case names its outcome:
 
 - kept: the record is benign (a BOM, CRLF, an unknown extra field, turns that do not alternate, ...);
 - quarantined: in quarantine.jsonl with a reason matching a pattern and its raw text (nothing lost);
@@ -14,8 +15,10 @@ Whatever the outcome, the good records survive and stats.json reconciles exactly
 in == out + sum(dropped) + quarantined.
 """
 
+import copy
 import datetime
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -24,15 +27,17 @@ import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import clean  # stages/clean.py and stages/fetch.py, on sys.path through tests/conftest.py
-import fetch
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 import zstandard
+from conftest import DEFAULT_PARAMS, run_stage, write_workspace
 
-ROOT = Path(__file__).resolve().parents[1]
+from chatmill.clean import to_conversation
+from chatmill.containers import RawRecord
+from chatmill.records import RecordError
+
 SOURCE = "logs"
 
 # ---------------------------------------------------------------- good records, by format
@@ -453,7 +458,8 @@ CASES = [
           fails("all 3 of its records were quarantined")),
     whole("unknown_container", S, "logs.csv", jsonl(*G), fails("logs.csv: unknown container")),
     whole("raw_file_missing", S, "gone.jsonl", None, fails("gone.jsonl is missing; run `dvc repro fetch`")),
-    whole("unknown_format", "chatml", "logs.jsonl", jsonl(*G), fails("sources.logs.format is 'chatml'")),
+    whole("unknown_format", "chatml", "logs.jsonl", jsonl(*G),
+          fails(r"^error: params\.yaml: sources\.logs\.format is 'chatml'; known formats: pippa, ")),
 ]
 # fmt: on
 
@@ -463,29 +469,34 @@ CASES = [
 
 def clean_params(max_fraction: float) -> dict:
     """The repository's `clean` section (filters and all), with the quarantine limit of the test."""
-    section = yaml.safe_load((ROOT / "params.yaml").read_text())["clean"]
-    return section | {"max_quarantine_fraction": max_fraction}
+    return copy.deepcopy(DEFAULT_PARAMS["clean"]) | {"max_quarantine_fraction": max_fraction}
 
 
 def write_stage(root: Path, case: Case, max_fraction: float = 1.0) -> None:
-    """params.yaml with one source, data/raw/manifest.json and the file, as fetch leaves them."""
+    """params.yaml with one source (and its dvc.yaml), data/raw/manifest.json and the file, as fetch
+    leaves them."""
     folder = root / "data" / "raw" / SOURCE
     folder.mkdir(parents=True)
     if case.content is not None:
         (folder / case.file_name).write_bytes(case.content)
+    content = case.content or b""
     manifest = {
-        SOURCE: {"uri": f"src/{case.file_name}", "format": case.format, "file": f"{SOURCE}/{case.file_name}"}
+        SOURCE: {
+            "uri": f"src/{case.file_name}",
+            "file": f"{SOURCE}/{case.file_name}",
+            "bytes": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(),
+        }
     }
     (root / "data" / "raw" / "manifest.json").write_text(json.dumps(manifest))
     source = {"uri": f"src/{case.file_name}", "format": case.format, "trim": True, "weight": 1.0}
-    params = {"sources": {SOURCE: source}, "clean": clean_params(max_fraction)}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_workspace(root, {"sources": {SOURCE: source}, "clean": clean_params(max_fraction)}, replace=True)
 
 
-def run_stage(main, capsys) -> tuple[int, str]:
-    """Run a stage's main(); (exit status, stderr). Any exception but the one-line exit is a crash."""
+def run(stage: str, capsys) -> tuple[int, str]:
+    """Run stages/STAGE.py; (exit status, stderr). Any exception but the one-line exit is a crash."""
     try:
-        main()
+        run_stage(stage)
         status = 0
     except SystemExit as exit_info:
         status = exit_info.code
@@ -524,7 +535,7 @@ CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff]")
 def test_hostile_input(case: Case, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_stage(tmp_path, case, case.max_fraction)
-    status, err = run_stage(clean.main, capsys)
+    status, err = run("clean", capsys)
     expect = case.expect
 
     if expect.error:
@@ -576,7 +587,7 @@ def test_quarantine_over_the_limit_fails_in_one_line_and_leaves_the_outputs_to_r
     content = jsonl(G[0], *(case.content.split(b"\n")[1] for case in bad), G[1])  # the middle lines
     monkeypatch.chdir(tmp_path)
     write_stage(tmp_path, whole("all", S, "all.jsonl", content, KEPT), max_fraction=0.05)
-    status, err = run_stage(clean.main, capsys)
+    status, err = run("clean", capsys)
 
     total = len(bad) + 2
     assert status == 1 and err.count("\n") == 1, err
@@ -594,7 +605,7 @@ def test_quarantine_over_the_limit_fails_in_one_line_and_leaves_the_outputs_to_r
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["clean"]["max_quarantine_fraction"] = len(bad) / total
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert run_stage(clean.main, capsys)[0] == 0
+    assert run("clean", capsys)[0] == 0
 
 
 def test_ten_mb_message_costs_memory_in_proportion(tmp_path: Path, monkeypatch, capsys):
@@ -603,7 +614,7 @@ def test_ten_mb_message_costs_memory_in_proportion(tmp_path: Path, monkeypatch, 
     write_stage(tmp_path, line("ten_mb", S, with_reply(S, TEN_MB), ACCOUNTED))
     tracemalloc.start()
     try:
-        status, err = run_stage(clean.main, capsys)
+        status, err = run("clean", capsys)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -619,33 +630,43 @@ def test_a_field_nested_too_deeply_to_serialise_is_quarantined_not_a_crash():
     for _ in range(5000):
         categories = [categories]
     record = GOOD[P][0] | {"categories": categories}
-    with pytest.raises(clean.RecordError, match="^nested too deeply to serialise$"):
-        clean.to_conversation(clean.RawRecord("x.parquet:#0", value=record), SOURCE, P)
+    with pytest.raises(RecordError, match="^nested too deeply to serialise$"):
+        to_conversation(RawRecord("x.parquet:#0", value=record), SOURCE, P)
+
+
+def test_unknown_format_is_a_one_line_error_before_clean_reads_or_writes(tmp_path: Path, monkeypatch, capsys):
+    """The record format is clean's to check (fetch reads no format): the stage stops before it reads."""
+    monkeypatch.chdir(tmp_path)
+    write_stage(tmp_path, whole("unknown_format", "chatml", "logs.jsonl", jsonl(*G), KEPT))
+    (tmp_path / "data" / "raw" / "manifest.json").unlink()  # reading anything would fail on this first
+    status, err = run("clean", capsys)
+    error = "params.yaml: sources.logs.format is 'chatml'; known formats: pippa, sharegpt, openai, alpaca"
+    assert status == 1 and err == f"error: {error}\n", err
+    assert not (tmp_path / "data" / "clean").exists()
 
 
 # ---------------------------------------------------------------- fetch: faults of the whole file
 
 
 @pytest.mark.parametrize(
-    ("uri", "fmt", "error"),
+    ("uri", "error"),
     [
-        ("data/sources/missing.jsonl", S, "fetch: source 'logs': data/sources/missing.jsonl not found"),
-        ("data/sources", S, "fetch: source 'logs': cannot read data/sources: Is a directory"),
-        ("data/sources/logs.jsonl", "chatml", "params.yaml: sources.logs.format is 'chatml'; known formats"),
-        (
-            "ftp://example.com/logs.jsonl",
-            S,
-            "params.yaml: sources.logs.uri 'ftp://example.com/logs.jsonl' has",
-        ),
+        ("data/sources/missing.jsonl", "fetch: source 'logs': data/sources/missing.jsonl not found"),
+        ("data/sources", "fetch: source 'logs': cannot read data/sources: Is a directory"),
+        ("ftp://example.com/logs.jsonl", "params.yaml: sources.logs.uri 'ftp://example.com/logs.jsonl' has"),
     ],
-    ids=["missing_file", "a_directory", "unknown_format", "unknown_scheme"],
+    ids=["missing_file", "a_directory", "unknown_scheme"],
 )
-def test_fetch_fault_is_a_one_line_error(tmp_path: Path, monkeypatch, capsys, uri, fmt, error):
+def test_fetch_fault_is_a_one_line_error(tmp_path: Path, monkeypatch, capsys, uri, error):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "sources").mkdir(parents=True)
     (tmp_path / "data" / "sources" / "logs.jsonl").write_bytes(jsonl(*G))
-    source = {"uri": uri, "format": fmt, "trim": True, "weight": 1.0}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {SOURCE: source}}))
-    status, err = run_stage(fetch.main, capsys)
+    source = {"uri": "data/sources/logs.jsonl", "format": S, "trim": True, "weight": 1.0}
+    write_workspace(tmp_path, {"sources": {SOURCE: source}}, replace=True)
+    # The uri goes in after dvc.yaml is written: writing it checks uris too, and would refuse ftp://.
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["sources"][SOURCE]["uri"] = uri
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status, err = run("fetch", capsys)
     assert status == 1 and err.count("\n") == 1 and err.startswith(f"error: {error}"), err
     assert not (tmp_path / "data" / "raw").exists()

@@ -1,10 +1,10 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from mix import copies_per_conversation, shuffle_key, source_budgets, take_key, write_shuffled
 
 from chatmill.errors import ChatmillError
 from chatmill.io import write_parquet
+from chatmill.mix import copies_per_conversation, shuffle_key, source_budgets, take_key, write_shuffled
 from chatmill.schema import CONVERSATION_SCHEMA
 from chatmill.sources import validate_sources
 
@@ -71,7 +71,7 @@ def test_shuffled_output_is_every_copy_in_shuffle_key_order_whatever_the_bucket_
     copies = np.array([i % 3 for i in range(50)])
     outputs = []
     for rows_per_bucket in (1000, 7):
-        monkeypatch.setattr("mix.ROWS_PER_BUCKET", rows_per_bucket)
+        monkeypatch.setattr("chatmill.mix.ROWS_PER_BUCKET", rows_per_bucket)
         out = tmp_path / f"out-{rows_per_bucket}.parquet"
         batches = pq.ParquetFile(tmp_path / "in.parquet").iter_batches(batch_size=16)
         assert write_shuffled(batches, copies, 0, out, tmp_path) == copies.sum()

@@ -1,179 +1,145 @@
-"""End to end: real DVC stages in a temporary git repo, on tiny params.
+"""dvc.yaml is written from params.yaml (chatmill/pipeline.py): the committed file is what params.yaml
+makes; a stage depends on the chatmill modules its script imports, and on the param keys that change
+its outputs, nothing more; and a stage reads exactly the keys it declares."""
 
-One repo is built per module (it takes minutes): `dvc repro train-part1` builds exactly what
-part 1 needs, `dvc repro` the rest, and `dvc exp run -S trim.threshold=150` re-runs only
-length-trim and what follows it.
-"""
-
-import os
-import shutil
+import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from conftest import DEFAULT_PARAMS, ROOT, write_workspace
 
-from chatmill.io import read_json
+from chatmill.errors import ChatmillError
+from chatmill.params import stage_params, stage_settings
+from chatmill.pipeline import code_dependencies, render
 
-pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
-REPO_FILES = [
-    "chatmill",
-    "stages",
-    "dvc.yaml",
-    "params.yaml",
-    "pyproject.toml",
-    ".dvc/config",
-    ".dvcignore",
-    ".gitignore",
-]
-TINY = {
-    "clean": {"max_quarantine_fraction": 0.5},
-    "model": {
-        "scratch": {
-            "vocab_size": 512,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 128,
-        }
-    },
-    "shard": {"seq_len": 128, "eval_fraction": 0.05},
-    "train": {"global_batch": 4, "micro_batch": 2, "warmup_steps": 3, "lr": 1e-3, "bf16": True},
-    "eval": {
-        "prompts": 4,
-        "max_new_tokens": 8,
-        "batch_size": 4,
-        "grid": [
-            {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.1},
-            {"temperature": 1.0, "top_p": 1.0, "top_k": 40, "repetition_penalty": 1.0},
-        ],
-    },
-}
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def deep_update(target: dict, changes: dict) -> dict:
+def rendered(**changes) -> dict:
+    params = copy.deepcopy(DEFAULT_PARAMS)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            deep_update(target[key], value)
-        else:
-            target[key] = value
-    return target
+        section, name = key.split("__")
+        params[section][name] = value
+    return yaml.safe_load(render(params))["stages"]
 
 
-def run(repo: Path, *command: str) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, (
-        f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+def test_the_committed_dvc_yaml_is_what_params_yaml_makes():
+    result = subprocess.run(
+        [sys.executable, "-m", "chatmill.pipeline", "--check"], cwd=ROOT, capture_output=True, text=True
     )
-    return result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr
 
 
-def stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+def test_train_parts_decides_the_train_stages_and_their_names():
+    stages = rendered(train__parts=5)
+    assert [name for name in stages if name.startswith("train")] == [f"train-part{k}" for k in range(1, 6)]
+    assert stages["train-part1"]["cmd"] == "python stages/train.py --part 1"
+    assert "models/base" in stages["train-part1"]["deps"]
+    assert "models/part-04" in stages["train-part5"]["deps"]
+    assert stages["train-part5"]["outs"] == ["models/part-05", "dvclive/part-05"]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in REPO_FILES:
-        source, target = ROOT / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, target)
-    (repo / "data/sources").mkdir(parents=True)
-    shutil.copy(ROOT / "data/sources/generate.py", repo / "data/sources/generate.py")
-    run(repo, sys.executable, "data/sources/generate.py", "--scale", "0.08", "--out", "data/sources")
-    params = deep_update(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "git", "init", "-q")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "tiny pipeline")
-    return repo
+@pytest.mark.parametrize(
+    "key",
+    [
+        "train.peak_tflops",
+        "train.save_every",
+        "train.gpus",
+        "train.hostfile",
+        "train.compile",
+        "train.fused_optimizer",
+        "train.gradient_checkpointing",
+        "clean.workers",
+        "shard.workers",
+    ],
+)
+def test_keys_that_change_only_speed_or_logging_rerun_nothing(key):
+    declared = {param for stage in STAGES.values() for param in stage.get("params", [])}
+    section = key.split(".")[0]
+    assert key not in declared and section not in declared
 
 
-@pytest.fixture(scope="module")
-def first_part(repo) -> str:
-    return run(repo, "dvc", "repro", "train-part1")
+def test_stages_declare_keys_not_whole_sections_where_a_section_mixes_both():
+    assert "train.lr" in STAGES["train-part3"]["params"]
+    assert "clean.filters" in STAGES["clean"]["params"]
+    sources = sorted(DEFAULT_PARAMS["sources"])
+    assert STAGES["fetch"]["params"] == [f"sources.{name}.uri" for name in sources]
 
 
-@pytest.fixture(scope="module")
-def full_run(repo, first_part) -> str:
-    output = run(repo, "dvc", "repro")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "pipeline outputs")
-    return output
+def test_each_stage_depends_on_its_script_and_the_modules_it_imports():
+    for name, stage in STAGES.items():
+        script = stage["cmd"].split()[1]
+        assert [
+            dep for dep in stage["deps"] if dep.startswith(("stages/", "chatmill/"))
+        ] == code_dependencies(script), name
 
 
-def test_repro_train_part1_builds_exactly_what_part1_needs(repo, first_part):
-    assert stages_run(first_part) == {
-        "fetch",
-        "clean",
-        "length-trim",
-        "base-model",
-        "mix",
-        "shard",
-        "train-part1",
+def test_fetch_depends_on_neither_record_parsers_nor_the_clean_stage():
+    fetch = set(code_dependencies("stages/fetch.py"))
+    assert not fetch & {"chatmill/records.py", "chatmill/containers.py", "chatmill/clean.py"}
+    assert {"chatmill/records.py", "chatmill/containers.py"} <= set(code_dependencies("stages/clean.py"))
+
+
+def test_sample_eval_does_not_depend_on_compare_release_or_chat():
+    deps = set(code_dependencies("stages/sample_eval.py"))
+    assert not deps & {"chatmill/compare.py", "chatmill/release.py", "chatmill/chat.py"}
+
+
+def test_the_base_model_of_a_hub_or_local_model_needs_no_cleaned_data():
+    stages = rendered(model__base="EleutherAI/gpt-j-6b")
+    assert "data/clean" not in stages["base-model"]["deps"]
+    assert stages["base-model"]["params"] == ["model.base", "model.revision"]
+
+
+def test_mix_by_tokens_depends_on_the_tokenizer():
+    assert "models/base" not in rendered()["mix"]["deps"]
+    assert "models/base" in rendered(mix__by="tokens")["mix"]["deps"]
+
+
+def test_a_stage_reads_exactly_the_keys_it_declares(tmp_path, monkeypatch):
+    write_workspace(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    train = stage_params("train-part2")["train"]
+    assert set(train) == {key.split(".")[1] for key in STAGES["train-part2"]["params"]}
+    assert "peak_tflops" not in train
+    assert stage_settings("train.peak_tflops") == {
+        "train": {"peak_tflops": DEFAULT_PARAMS["train"]["peak_tflops"]}
     }
-    assert (repo / "models/part-01/model.safetensors").exists()
-    assert not (repo / "models/part-02").exists()
+    fetch = stage_params("fetch")["sources"]
+    assert all(set(spec) == {"uri"} for spec in fetch.values())
 
 
-def test_full_repro_then_everything_is_up_to_date(repo, full_run):
-    assert stages_run(full_run) == {f"train-part{k}" for k in range(2, 11)} | {"sample-eval"}
-    assert "up to date" in run(repo, "dvc", "status")
-    metrics = read_json(repo / "metrics/sample-eval.json")
-    assert {"eval_loss", "overall", "settings"} <= metrics.keys()
-    assert len(metrics["settings"]) == 2
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda params: params["sources"]["community_logs"].update(sha256="0" * 64),
+            r"dvc.yaml is out of date with params.yaml \(sources.community_logs.sha256 differ\); "
+            r"run `make pipeline`",
+        ),
+        (
+            lambda params: params["sources"].update(extra=dict(params["sources"]["instructions"])),
+            r"dvc.yaml is out of date with params.yaml \(sources.extra.format, .*\); "
+            r"run `make pipeline`",
+        ),
+        (
+            lambda params: params["train"].update(parts=5),
+            r"dvc.yaml has 10 train parts but params.yaml has train.parts: 5; run `make pipeline`",
+        ),
+    ],
+)
+def test_a_stale_dvc_yaml_is_a_one_line_error_naming_the_fix(tmp_path, monkeypatch, change, message):
+    params = write_workspace(tmp_path)
+    change(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ChatmillError, match=message):
+        stage_params("clean")
 
 
-def test_data_stage_stats_reconcile(repo, full_run):
-    for stage in ("clean", "trimmed", "mixed", "shards"):
-        stats = read_json(repo / f"data/{stage}/stats.json")
-        assert stats["in"] == stats["out"] + sum(stats["dropped"].values()) + stats["quarantined"], stage
-
-
-def test_part2_continues_part1(repo, full_run):
-    first = read_json(repo / "models/part-01/train_state.json")
-    second = read_json(repo / "models/part-02/train_state.json")
-    assert second["global_step"] == 2 * first["global_step"]
-    assert second["tokens_seen"] == 2 * first["tokens_seen"]
-    # the LR schedule continues: part 2 starts at the full LR (warmup ended in part 1)
-    lrs = (repo / "dvclive/part-02/plots/metrics/train/lr.tsv").read_text().splitlines()[1:]
-    first_step, first_lr = lrs[0].split("\t")
-    assert int(first_step) == first["global_step"] + 1 and float(first_lr) == pytest.approx(1e-3)
-    # the optimizer continues: Adam has taken as many steps as the whole run
-    folder = repo / "models/part-02/resume/final"
-    optimizer = torch.load(next(folder.glob("*optim_states.pt")), weights_only=False, map_location="cpu")
-    adam = optimizer["optimizer_state_dict"]["base_optimizer_state"]["state"][0]
-    assert int(adam["step"]) == second["global_step"]
-
-
-def test_released_weights_load_with_transformers(repo, full_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(repo / "models/part-10")
-    tokenizer = AutoTokenizer.from_pretrained(repo / "models/part-10")
-    output = model.generate(**tokenizer("Mira:", return_tensors="pt"), max_new_tokens=3, do_sample=False)
-    assert output.shape[1] > 1
-
-
-def test_trim_experiment_reruns_trim_and_downstream_only(repo, full_run):
-    output = run(repo, "dvc", "exp", "run", "-S", "trim.threshold=150")
-    ran = stages_run(output)
-    assert {"length-trim", "mix", "shard", "train-part1", "train-part10", "sample-eval"} <= ran
-    assert not ran & {"fetch", "clean", "base-model"}
+def test_without_dvc_yaml_a_stage_says_where_to_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ChatmillError, match="dvc.yaml not found; run from the repository root"):
+        stage_params("clean")

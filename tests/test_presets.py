@@ -1,11 +1,16 @@
-"""Presets are complete params sets: `make use PRESET=...` copies one over params.yaml."""
-
-from pathlib import Path
+"""Presets are complete params sets: `make use PRESET=...` copies one over params.yaml and writes the
+dvc.yaml it makes (python -m chatmill.pipeline)."""
 
 import pytest
 import yaml
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+from chatmill.params import stage_params, stage_settings
+from chatmill.pipeline import render
+from chatmill.training import SETTING_KEYS
+
+# The keys that change only how fast or where a stage runs: read with stage_settings, not in dvc.yaml.
+SPEED_KEYS = ("clean.workers", "shard.workers", *(f"train.{key}" for key in SETTING_KEYS))
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
@@ -24,6 +29,21 @@ def key_paths(tree: dict, prefix: str = "") -> set[str]:
 def test_preset_sets_exactly_the_params_the_stages_read(preset):
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert key_paths(yaml.safe_load(preset.read_text())) == key_paths(default)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
+def test_preset_makes_a_pipeline_whose_stages_find_their_params(preset, tmp_path):
+    """What `make use` does, then every stage reading its params as it would under DVC."""
+    params_file, pipeline_file = tmp_path / "params.yaml", tmp_path / "dvc.yaml"
+    params_file.write_text(preset.read_text())
+    pipeline_file.write_text(render(yaml.safe_load(preset.read_text())))
+    stages = yaml.safe_load(pipeline_file.read_text())["stages"]
+    parts = yaml.safe_load(preset.read_text())["train"]["parts"]
+    assert sum(name.startswith("train-part") for name in stages) == parts
+    for name, stage in stages.items():
+        declared = stage_params(name, params_file, pipeline_file)  # a missing key fails here
+        assert set(declared) == {key.split(".")[0] for key in stage.get("params", [])}, name
+    assert set(key_paths(stage_settings(*SPEED_KEYS, params_path=params_file))) == set(SPEED_KEYS)
 
 
 def test_experiment_7_is_the_logbook_run():

@@ -20,7 +20,6 @@ project whose stages copy prebuilt tiny models into models/part-01 and models/pa
 
 import base64
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
@@ -34,18 +33,17 @@ from urllib.parse import unquote
 
 import pytest
 import yaml
-from base_model import scratch_model
+from conftest import ROOT
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+import chatmill
+from chatmill import release
 from chatmill.errors import ChatmillError
+from chatmill.generation import validate_grid
+from chatmill.modeling import scratch_model
 from chatmill.prompt import chat_template, encode_prompt, render_text
 from chatmill.schema import USER_NAME
-
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("stage_release", ROOT / "stages" / "release.py")
-release = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(release)
 
 TOKEN = "hf_fake_release_token_0123456789"
 REPO = "acme/chatmill-test"
@@ -203,7 +201,7 @@ def test_chat_template_renders_the_training_format(tiny_tokenizer, conversation_
 
 
 def settings() -> list:
-    return release.validate_grid(GRID)
+    return validate_grid(GRID)
 
 
 def test_validate_release_takes_the_repo_from_the_command_line() -> None:
@@ -282,12 +280,12 @@ def test_make_release_passes_part_repo_and_dry_run() -> None:
         output = subprocess.run(
             ["make", "-n", "-s", "release", *variables], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout
-        return next(line for line in output.splitlines() if "stages/release.py" in line).strip()
+        return next(line for line in output.splitlines() if "-m chatmill.release" in line).strip()
 
     assert command("PART=3", "REPO=acme/x", "DRY_RUN=1").endswith(
-        "stages/release.py --part 3 --repo acme/x --dry-run"
+        "python -m chatmill.release --part 3 --repo acme/x --dry-run"
     )
-    assert command("DRY_RUN=0").endswith("stages/release.py")
+    assert command("DRY_RUN=0").endswith("python -m chatmill.release")
 
 
 # ---------------------------------------------------------------- a project with trained parts
@@ -358,8 +356,8 @@ def project(template_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def run_release(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: str):
-    """Run the script's main() with these arguments; return (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["release.py", *args])
+    """Run `python -m chatmill.release ARGS` in this process; return (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["python -m chatmill.release", *args])
     try:
         release.main()
         status = 0
@@ -617,7 +615,7 @@ def test_dry_run_builds_a_folder_that_loads_and_chats(
         "## Limitations",
         f"git commit `{commit}` (with uncommitted changes: a dry run, never pushed)",
         f"| train-part2 | `models/part-02` | `{model_md5}` |",
-        f"chatmill {release.chatmill.__version__}",
+        f"chatmill {chatmill.__version__}",
     ):
         assert expected in card.text
 

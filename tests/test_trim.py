@@ -1,13 +1,14 @@
 import pytest
-from length_trim import (
+from conftest import run_stage, write_workspace
+
+from chatmill.errors import ChatmillError
+from chatmill.trim import (
     histogram_csv,
     keep_probability,
     keeps,
     median_reply_length,
     validate_trim,
 )
-
-from chatmill.errors import ChatmillError
 
 DEFAULTS = {"enabled": True, "unit": "words", "threshold": 8, "ramp": 40, "curve": "linear", "seed": 0}
 
@@ -77,22 +78,18 @@ def test_histogram_csv_has_both_series():
 def test_a_trim_that_keeps_nothing_fails_clearly_and_writes_nothing(
     tmp_path, monkeypatch, capsys, conversation_factory
 ):
-    import length_trim
-    import yaml
-
     from chatmill.io import write_parquet
     from chatmill.schema import CONVERSATION_SCHEMA
 
     monkeypatch.chdir(tmp_path)
     sources = {"logs": {"uri": "logs.jsonl", "format": "pippa", "trim": True, "weight": 1}}
-    (tmp_path / "params.yaml").write_text(
-        yaml.safe_dump({"trim": {**DEFAULTS, "threshold": 150}, "sources": sources})
-    )
+    write_workspace(tmp_path, {"trim": {**DEFAULTS, "threshold": 150}, "sources": sources}, replace=True)
     (tmp_path / "data/clean").mkdir(parents=True)
     rows = [conversation_factory(f"c{i}", bot_replies=("A short reply.",)) for i in range(5)]
     write_parquet(tmp_path / "data/clean/conversations.parquet", CONVERSATION_SCHEMA, rows)
-    with pytest.raises(SystemExit):
-        length_trim.main()
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("length_trim")
+    assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip() == (
         "error: length-trim kept 0 of 5 conversations; lower trim.threshold (now 150 words)"
     )

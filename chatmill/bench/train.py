@@ -36,7 +36,6 @@ import argparse
 import os
 import platform
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,20 +46,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from chatmill import attention
-from chatmill.formats import RecordError, iter_records
+from chatmill import attention, clean, modeling, packing
+from chatmill.containers import iter_records
 from chatmill.io import write_json
 from chatmill.params import load_params
 from chatmill.prompt import Encoded, encode_conversation, render_text
+from chatmill.records import RecordError
 from chatmill.schema import Conversation
 from chatmill.shards import IGNORE_INDEX
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "stages"))
-
-import base_model  # noqa: E402  (stage scripts, found through the path above)
-import clean  # noqa: E402
-import shard  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 RESULTS = ROOT / "benchmarks/results/train.json"
 # The conversations of the logbook's run fit whole in its 2048-token context, so its per-reply and
@@ -98,7 +93,7 @@ def conversation_windows(tokenizer, conversations: list[Conversation], seq_len: 
     result = []
     for conversation in conversations:
         header, turns = encode_conversation(tokenizer, conversation)
-        result += shard.windows(header, turns, seq_len)[0]
+        result += packing.windows(header, turns, seq_len)[0]
     return result
 
 
@@ -131,9 +126,9 @@ def labels_of(example: Encoded) -> list[int]:
 
 
 def packed_batches(windows: list[Encoded], seq_len: int, pad_id: int, micro_batch: int) -> list[MicroBatch]:
-    """Windows packed by shard.Packer into seq_len rows, micro_batch rows per step, in packing order."""
+    """Windows packed by packing.Packer into seq_len rows, micro_batch rows per step, in packing order."""
     rows: list[dict] = []
-    packer = shard.Packer(seq_len, pad_id, rows.append)
+    packer = packing.Packer(seq_len, pad_id, rows.append)
     for window in windows:
         packer.add((np.array(window.ids, dtype=np.int32), np.array(labels_of(window), dtype=np.int32)))
     packer.flush()
@@ -289,12 +284,12 @@ def main() -> None:
 
     conversations = read_conversations(ROOT / source["uri"], source["format"], args.source)
     scratch = params["model"]["scratch"]
-    tokenizer = base_model.train_tokenizer(
+    tokenizer = modeling.train_tokenizer(
         (render_text(c, eos_token="") for c in conversations), scratch["vocab_size"]
     )
     # RoPE has no weights per position: a longer context is the same model.
     scratch = scratch | {"max_position_embeddings": max(scratch["max_position_embeddings"], seq_len)}
-    initial = base_model.scratch_model(scratch, tokenizer, seed).state_dict()
+    initial = modeling.scratch_model(scratch, tokenizer, seed).state_dict()
 
     windows = conversation_windows(tokenizer, conversations[: args.conversations], seq_len)
     pad_id, budget = tokenizer.pad_token_id, train_params["micro_batch"] * seq_len
@@ -310,7 +305,7 @@ def main() -> None:
 
     trainers = {}
     for way in WAYS:
-        model = base_model.scratch_model(scratch, tokenizer, seed)
+        model = modeling.scratch_model(scratch, tokenizer, seed)
         if way == "packed":
             model.set_attn_implementation(attention.packed_attention(torch.device("cpu"), False, seq_len))
         model.load_state_dict(initial)

@@ -13,7 +13,6 @@ thread count (--threads to change it). Results: printed, and written to benchmar
 import argparse
 import copy
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -22,14 +21,14 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer
 
+from chatmill import evaluation
 from chatmill.generation import device, generate_replies, generation_config, load_model, pad_id
 from chatmill.io import read_parquet, write_json
+from chatmill.layout import CONVERSATIONS, EVAL_SHARD_DIR, trained_parts
+from chatmill.layout import model_dir as model_dir_of
 from chatmill.params import load_params
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "stages"))
-
-import sample_eval  # noqa: E402  (a stage script, found through the path above)
+ROOT = Path(__file__).resolve().parents[2]
 
 RESULTS = ROOT / "benchmarks/results/eval.json"
 
@@ -57,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="models/part-10", help="a model folder (default models/part-10)")
+    parser.add_argument("--model", help="a model folder (default: the last trained part)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, help="default: eval.batch_size")
     parser.add_argument(
@@ -67,21 +66,22 @@ def main() -> None:
     os.chdir(ROOT)
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = sample_eval.validate_eval(load_params("eval")["eval"])
+    params = evaluation.validate_eval(load_params("eval")["eval"])
     batch_size = args.batch_size or params["batch_size"]
-    model_dir = Path(args.model)
+    trained = trained_parts()
+    model_dir = Path(args.model) if args.model else model_dir_of(trained[-1] if trained else 1)
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"bench-eval: {model_dir} is not a model folder; run `dvc repro` or pass MODEL=")
-    if not (sample_eval.EVAL_DIR / "conversations.parquet").is_file():
-        raise SystemExit(f"bench-eval: {sample_eval.EVAL_DIR} not found; run `dvc repro shard`")
+    if not (EVAL_SHARD_DIR / CONVERSATIONS).is_file():
+        raise SystemExit(f"bench-eval: {EVAL_SHARD_DIR} not found; run `dvc repro shard`")
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_model(model_dir, device())
-    prompts = sample_eval.heldout_prompts(
-        read_parquet(sample_eval.EVAL_DIR / "conversations.parquet"), params["prompts"]
-    ) + sample_eval.load_prompt_sets(params["prompt_sets"])
+    prompts = evaluation.heldout_prompts(
+        read_parquet(EVAL_SHARD_DIR / CONVERSATIONS), params["prompts"]
+    ) + evaluation.load_prompt_sets(params["prompt_sets"])
     max_prompt = model.config.max_position_embeddings - params["max_new_tokens"]
-    encoded = [sample_eval.prompt_ids(tokenizer, prompt, max_prompt) for prompt in prompts]
+    encoded = [evaluation.prompt_ids(tokenizer, prompt, max_prompt) for prompt in prompts]
     config = generation_config(
         params["grid"][0], params["max_new_tokens"], tokenizer.eos_token_id, pad_id(tokenizer)
     )

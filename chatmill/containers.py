@@ -1,9 +1,9 @@
-"""Reading source files: containers (jsonl, json array, parquet; gzip/zstd) and record formats
-(pippa, sharegpt, openai, alpaca) into the canonical conversation parts.
+"""Containers: the files records come in (JSON Lines, a JSON array, parquet; optionally gzip or
+zstd), read as a stream of raw records. What a record means is chatmill.records' business.
 
-Readers never raise on bad input: containers yield a RawRecord with `error` set (and `file_error`
-when the fault is the file's: unreadable, truncated), and the parsers raise RecordError; the clean
-stage turns both into quarantine entries. Only an unknown container (by file name) is an exception.
+Readers never raise on bad input: they yield a RawRecord with `error` set (and `file_error` when the
+fault is the file's: unreadable, truncated), which the clean stage quarantines. Only an unknown
+container (by file name) is an exception.
 """
 
 import codecs
@@ -12,7 +12,7 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from chatmill.errors import ChatmillError
-from chatmill.schema import USER_NAME, Turn
 
-ASSISTANT_NAME = "Assistant"
-ASSISTANT_PERSONA = (
-    "A helpful, knowledgeable assistant who follows instructions carefully and answers in full."
-)
 TEXT_CHUNK = 1 << 16
 # What may follow a decoded value when the chunk end cut a number ("12|3", "1.|5", "1e|5").
 NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
@@ -39,10 +34,6 @@ STRING_SPECIAL = re.compile(r'["\\]')
 VALUE_FOLLOWER = re.compile(r"[ \t\r\n]*(?:[,\]]|\Z)")  # what may follow an array element
 # What reading a file can raise: missing or unreadable, a truncated or corrupt gzip, zstd or parquet file.
 READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException)
-
-
-class RecordError(ValueError):
-    """A record that cannot become a conversation; the message is its quarantine reason."""
 
 
 @dataclass
@@ -65,18 +56,6 @@ def parsed(record: RawRecord) -> RawRecord:
         return RawRecord(record.location, value=json.loads(record.raw), raw=record.raw)
     except (ValueError, RecursionError) as error:  # ValueError: also an integer of over 4300 digits
         return RawRecord(record.location, raw=record.raw, error=f"invalid json: {error}")
-
-
-@dataclass
-class ParsedRecord:
-    bot_name: str
-    persona: str
-    scenario: str
-    turns: list[Turn]
-    meta: dict[str, Any]
-
-
-# ---------------------------------------------------------------- containers
 
 
 class _ZstdReader(io.RawIOBase):
@@ -381,116 +360,3 @@ def iter_records(path: Path, parse: bool = True) -> Iterator[RawRecord]:
                 yield from _json_array_records(path, stream)
     except READ_ERRORS as error:
         yield RawRecord(path.name, error=_unreadable(error), file_error=True)
-
-
-# ---------------------------------------------------------------- record formats
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """A value for a quarantine reason: its repr, cut short (a reason is one short line)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _field(record: Any, key: str, kind: type, default: Any = None, where: str = "") -> Any:
-    """record[key], checked to be a `kind`; `where` names the record inside its conversation
-    ("conversation[3]"), so that a reason points at the exact turn."""
-    if not isinstance(record, dict):
-        raise RecordError(f"{where or 'record'} is {type(record).__name__}, expected an object")
-    name = f"{where}.{key}" if where else key
-    if key not in record or record[key] is None:
-        if default is not None:
-            return default
-        raise RecordError(f"missing field '{name}'")
-    value = record[key]
-    if not isinstance(value, kind):
-        raise RecordError(f"field '{name}' is {type(value).__name__}, expected {kind.__name__}")
-    return value
-
-
-def parse_pippa(record: Any) -> ParsedRecord:
-    bot_name = _field(record, "bot_name", str)
-    turns = []
-    for i, message in enumerate(_field(record, "conversation", list)):
-        where = f"conversation[{i}]"
-        is_human = _field(message, "is_human", bool, where=where)
-        text = _field(message, "message", str, where=where)
-        turns.append(
-            Turn(role="user" if is_human else "bot", name=USER_NAME if is_human else bot_name, text=text)
-        )
-    meta = {
-        key: record[key]
-        for key in ("bot_definitions", "bot_greeting", "categories", "submission_timestamp")
-        if record.get(key) is not None
-    }
-    return ParsedRecord(bot_name, _field(record, "bot_description", str, ""), "", turns, meta)
-
-
-def _chat_messages(messages: list, role_key: str, text_key: str, roles: dict[str, str], bot_name: str):
-    """Shared by sharegpt and openai: a leading system message becomes the persona."""
-    persona, turns = "", []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        role = roles.get(_field(message, role_key, str, where=where))
-        if role is None:
-            raise RecordError(
-                f"{where}.{role_key} is {_show(message[role_key])}, expected one of {sorted(roles)}"
-            )
-        text = _field(message, text_key, str, where=where)
-        if role == "system" and not turns and not persona:
-            persona = text
-            continue
-        name = {"user": USER_NAME, "bot": bot_name, "system": "system"}[role]
-        turns.append(Turn(role=role, name=name, text=text))
-    return persona, turns
-
-
-def parse_sharegpt(record: Any) -> ParsedRecord:
-    bot_name = _field(record, "bot_name", str, ASSISTANT_NAME)
-    roles = {
-        "human": "user",
-        "user": "user",
-        "gpt": "bot",
-        "assistant": "bot",
-        "chatgpt": "bot",
-        "system": "system",
-    }
-    persona, turns = _chat_messages(_field(record, "conversations", list), "from", "value", roles, bot_name)
-    persona = _field(record, "persona", str, "") or persona
-    meta = {"origin_id": record["id"]} if isinstance(record.get("id"), (str, int)) else {}
-    return ParsedRecord(bot_name, persona, _field(record, "scenario", str, ""), turns, meta)
-
-
-def parse_openai(record: Any) -> ParsedRecord:
-    roles = {"user": "user", "assistant": "bot", "system": "system"}
-    persona, turns = _chat_messages(
-        _field(record, "messages", list), "role", "content", roles, ASSISTANT_NAME
-    )
-    return ParsedRecord(ASSISTANT_NAME, persona, "", turns, {})
-
-
-def parse_alpaca(record: Any) -> ParsedRecord:
-    instruction = _field(record, "instruction", str)
-    extra_input = _field(record, "input", str, "")
-    prompt = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
-    turns = [
-        Turn(role="user", name=USER_NAME, text=prompt),
-        Turn(role="bot", name=ASSISTANT_NAME, text=_field(record, "output", str)),
-    ]
-    return ParsedRecord(ASSISTANT_NAME, ASSISTANT_PERSONA, "", turns, {})
-
-
-PARSERS: dict[str, Callable[[Any], ParsedRecord]] = {
-    "pippa": parse_pippa,
-    "sharegpt": parse_sharegpt,
-    "openai": parse_openai,
-    "alpaca": parse_alpaca,
-}
-
-
-def parser_for(format_name: str, source: str) -> Callable[[Any], ParsedRecord]:
-    if format_name not in PARSERS:
-        raise ChatmillError(
-            f"params.yaml: sources.{source}.format is {format_name!r}; known formats: {', '.join(PARSERS)}"
-        )
-    return PARSERS[format_name]

@@ -1,7 +1,7 @@
 import pytest
-from base_model import pretrained, scratch_model, train_tokenizer
 
 from chatmill.errors import ChatmillError
+from chatmill.modeling import pretrained, scratch_model, train_tokenizer
 
 
 def test_tokenizer_training_is_deterministic_and_has_the_special_tokens(tiny_tokenizer):

@@ -1,16 +1,17 @@
 import numpy as np
 import pytest
 import torch
-import train
-from train import (
+from conftest import ROOT, run_stage, write_workspace
+
+from chatmill.errors import ChatmillError
+from chatmill.training import (
+    SETTING_KEYS,
+    WEIGHT_KEYS,
     accumulation_steps,
     deepspeed_config,
     eval_rows,
-    flops_per_token,
     launch_command,
     learning_rate,
-    matmul_parameters,
-    mfu,
     micro_batches,
     newest_checkpoint,
     rng_state,
@@ -19,7 +20,7 @@ from train import (
     validate_train,
 )
 
-from chatmill.errors import ChatmillError
+SCRIPT = ROOT / "stages" / "train.py"
 
 TRAIN = {
     "parts": 10,
@@ -66,22 +67,40 @@ def test_deepspeed_config_carries_zero_stage_and_bf16():
 def test_launch_command_for_gpus_and_nodes(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     # 4 GPUs on one node; the ranks read LOCAL_RANK, so no --local_rank argument reaches argparse
-    command = launch_command(TRAIN, part=3)
+    command = launch_command(TRAIN, part=3, script=SCRIPT)
     assert command[:4] == ["deepspeed", "--no_local_rank", "--num_gpus", "4"]
-    assert command[-3:] == [train.__file__, "--part", "3"]
+    assert command[-3:] == [str(SCRIPT), "--part", "3"]
     # 2 nodes of 4 GPUs from a hostfile; gpus 0 takes every slot the hostfile lists
-    nodes = launch_command({**TRAIN, "hostfile": "hostfile"}, part=1)
+    nodes = launch_command({**TRAIN, "hostfile": "hostfile"}, part=1, script=SCRIPT)
     assert nodes[:6] == ["deepspeed", "--no_local_rank", "--hostfile", "hostfile", "--num_gpus", "4"]
-    assert launch_command({**TRAIN, "gpus": 0, "hostfile": "hostfile"}, part=1)[:4] == [
+    assert launch_command({**TRAIN, "gpus": 0, "hostfile": "hostfile"}, part=1, script=SCRIPT)[:4] == [
         "deepspeed",
         "--no_local_rank",
         "--hostfile",
         "hostfile",
     ]
-    assert launch_command({**TRAIN, "gpus": 0}, part=1) is None
-    assert launch_command({**TRAIN, "gpus": 1}, part=1) is None  # one GPU: this process
+    assert launch_command({**TRAIN, "gpus": 0}, part=1, script=SCRIPT) is None
+    assert launch_command({**TRAIN, "gpus": 1}, part=1, script=SCRIPT) is None  # one GPU: this process
     monkeypatch.setenv("LOCAL_RANK", "0")  # already launched: run in this process
-    assert launch_command(TRAIN, part=1) is None
+    assert launch_command(TRAIN, part=1, script=SCRIPT) is None
+
+
+def test_the_train_stage_launches_itself_through_deepspeed(tmp_path, monkeypatch):
+    """With several GPUs, stages/train.py re-runs itself (this very file) under the launcher, with
+    its exit status."""
+    import shutil
+    import subprocess
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_workspace(tmp_path, {"train": {"gpus": 4, "global_batch": 32, "micro_batch": 8}})
+    launched = []
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(subprocess, "call", lambda command: launched.append(command) or 3)
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("train", "--part", "2")
+    assert exit_info.value.code == 3
+    assert launched == [["deepspeed", "--no_local_rank", "--num_gpus", "4", str(SCRIPT), "--part", "2"]]
 
 
 def test_bad_train_params_are_named():
@@ -95,27 +114,6 @@ def test_bad_train_params_are_named():
         validate_train({**TRAIN, "compile": "yes"})
     with pytest.raises(ChatmillError, match="train.save_every is missing"):
         validate_train({key: value for key, value in TRAIN.items() if key != "save_every"})
-
-
-def test_mfu_counts_six_flops_per_weight_and_the_attention_term():
-    # GPT-J-6B: 28 layers, hidden 4096, seq 2048; ~6.05e9 weights besides the input embedding
-    flops = flops_per_token(6_050_000_000, 28, 4096, 2048)
-    assert flops == 6 * 6_050_000_000 + 12 * 28 * 4096 * 2048
-    # 4 A6000s (154.8 TFLOPS dense bf16 each) at 2,000 tokens/s: about 12.6% MFU
-    assert mfu(2000, flops, 4, 154.8) == pytest.approx(2000 * flops / (4 * 154.8e12))
-    assert 0.125 < mfu(2000, flops, 4, 154.8) < 0.127
-
-
-def test_matmul_parameters_skip_the_input_embedding_lookup(tiny_tokenizer):
-    from base_model import scratch_model
-
-    sizes = {"vocab_size": 300, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
-    sizes |= {"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 32}
-    model = scratch_model(sizes, tiny_tokenizer, seed=0)
-    embedding = model.get_input_embeddings().weight
-    assert matmul_parameters(model) == sum(p.numel() for p in model.parameters())  # tied: counted once
-    model.lm_head.weight = torch.nn.Parameter(embedding.detach().clone())  # untied, as in GPT-J
-    assert matmul_parameters(model) == sum(p.numel() for p in model.parameters()) - embedding.numel()
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -152,6 +150,13 @@ def test_fingerprint_changes_with_params_world_size_and_inputs(tmp_path):
     assert run_fingerprint({**TRAIN, "lr": 1e-5}, 1, 4, inputs) != fingerprint
     assert run_fingerprint(TRAIN, 2, 4, inputs) != fingerprint
     assert run_fingerprint(TRAIN, 1, 2, inputs) != fingerprint
+    for key in WEIGHT_KEYS:  # every key that changes the weights changes it
+        changed = not TRAIN[key] if isinstance(TRAIN[key], bool) else TRAIN[key] + 1
+        assert run_fingerprint({**TRAIN, key: changed}, 1, 4, inputs) != fingerprint, key
+    settings = {"gpus": 4, "hostfile": "hostfile", "save_every": 7, "gradient_checkpointing": False}
+    settings |= {"compile": True, "fused_optimizer": False, "peak_tflops": 1.0}
+    assert settings.keys() == set(SETTING_KEYS)  # speed and logging only: a checkpoint stays valid
+    assert run_fingerprint({**TRAIN, **settings}, 1, 4, inputs) == fingerprint
     (tmp_path / "shard/input_ids.npy").write_bytes(b"12345")
     assert run_fingerprint(TRAIN, 1, 4, inputs) != fingerprint
 

@@ -36,18 +36,16 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "stages"))
-sys.path.insert(0, str(ROOT))
+from chatmill import attention
+from chatmill.bench import train as bench_train  # the CPU benchmark's data and batch builders
+from chatmill.flops import matmul_parameters
+from chatmill.modeling import train_tokenizer
+from chatmill.params import load_params
+from chatmill.prompt import Encoded, render_text
+from chatmill.shards import IGNORE_INDEX
+from chatmill.training import deepspeed_config, single_process_environment
 
-import bench_train  # noqa: E402  (the CPU benchmark's data and batch builders)
-from base_model import train_tokenizer  # noqa: E402
-from train import deepspeed_config, matmul_parameters, single_process_environment  # noqa: E402
-
-from chatmill import attention  # noqa: E402
-from chatmill.params import load_params  # noqa: E402
-from chatmill.prompt import Encoded, render_text  # noqa: E402
-from chatmill.shards import IGNORE_INDEX  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 RESULTS = ROOT / "benchmarks/results/gpu.json"
 SEQ_LEN = 2048

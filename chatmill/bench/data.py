@@ -25,7 +25,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
+from chatmill.pipeline import render
+
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks/results/data.json"
 STAGES = ("fetch", "clean", "length_trim", "mix", "shard")
 SAMPLE_MB_PER_SCALE = 11.5  # uncompressed PIPPA JSON that generate.py writes at --scale 1
@@ -95,12 +97,14 @@ def prepare(workdir: Path, size_mb: float) -> Path:
         }
     }
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (workdir / "dvc.yaml").write_text(render(params))
 
     sample = workdir / "tokenizer-sample"
     shutil.copytree(
         ROOT / "data/sources", sample / "data/sources", ignore=shutil.ignore_patterns("*.py", "__pycache__")
     )
     shutil.copy(ROOT / "params.yaml", sample / "params.yaml")
+    shutil.copy(ROOT / "dvc.yaml", sample / "dvc.yaml")
     for script in ("fetch", "clean", "base_model"):
         run_stage(sample, script)
     shutil.copytree(sample / "models/base", workdir / "models/base")

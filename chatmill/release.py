@@ -1,6 +1,6 @@
-"""release: push a trained part to the Hugging Face Hub, as a model the community can load at once.
+"""Release: push a trained part to the Hugging Face Hub, as a model the community can load at once.
 
-    python stages/release.py [--part N] [--repo OWNER/NAME] [--dry-run]      (`make release`)
+    python -m chatmill.release [--part N] [--repo OWNER/NAME] [--dry-run]      (`make release`)
 
 Not a DVC stage: it publishes what the pipeline made. It builds release/ from models/part-NN (the
 last trained part unless --part): the weights as safetensors in shards of release.max_shard_size,
@@ -24,31 +24,39 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import yaml
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCardData, get_token
-from sample_eval import Setting, validate_grid
+from huggingface_hub.errors import HTTPError
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.utils.hub import convert_file_size_to_int
 from transformers.utils.logging import disable_progress_bar
 
 import chatmill
 from chatmill.errors import ChatmillError, exit_on_error
+from chatmill.generation import Setting, validate_grid
 from chatmill.io import atomic_dir, read_json
+from chatmill.layout import (
+    CLEAN_DIR,
+    METRICS_FILE,
+    MIXED_DIR,
+    RELEASE_DIR,
+    SHARDS_DIR,
+    STATS,
+    TRIMMED_DIR,
+    model_dir,
+    part_name,
+    trained_parts,
+)
 from chatmill.params import load_params, require
 from chatmill.prompt import chat_template, render_text
-from chatmill.shards import part_name
 from chatmill.sources import HubFile, parse_uri, validate_sources
 
-MODELS_DIR = Path("models")
-RELEASE_DIR = Path("release")
 LOCK_FILE = Path("dvc.lock")
-METRICS_FILE = Path("metrics/sample-eval.json")
 STATS_FILES = {
-    "clean": Path("data/clean/stats.json"),
-    "trim": Path("data/trimmed/stats.json"),
-    "mix": Path("data/mixed/stats.json"),
-    "shard": Path("data/shards/stats.json"),
+    "clean": CLEAN_DIR / STATS,
+    "trim": TRIMMED_DIR / STATS,
+    "mix": MIXED_DIR / STATS,
+    "shard": SHARDS_DIR / STATS,
 }
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # Weights of an earlier push that would shadow the new ones (transformers prefers model.safetensors
@@ -122,7 +130,7 @@ def validate_release(section: dict[str, Any], grid: list[Setting], repo: str | N
 
 
 def last_trained_part(parts: int) -> int:
-    trained = [k for k in range(1, parts + 1) if (MODELS_DIR / part_name(k) / "config.json").is_file()]
+    trained = [part for part in trained_parts() if part <= parts]
     if not trained:
         raise ChatmillError(
             "release: no trained part in models/; run `dvc repro train-part1` or `make repro`"
@@ -492,7 +500,7 @@ def model_card(
 ) -> str:
     parts = params["train"]["parts"]
     name = release.repo_id.split("/")[1] if release.repo_id else "chatmill model"
-    model_dir = MODELS_DIR / part_name(part)
+    folder = model_dir(part)
     base = params["model"]["base"]
     origin = "trained from scratch" if base == "scratch" else f"fine-tuned from `{base}`"
     sections = [
@@ -504,7 +512,7 @@ def model_card(
         sampling_section(release, params["eval"]["max_new_tokens"]),
         data_section(params, stats, part),
         training_section(params, train_state),
-        evaluation_section(metrics, params["eval"], release, model_dir),
+        evaluation_section(metrics, params["eval"], release, folder),
         limitations_section(release, part, parts),
         provenance_section(params, git_commit, dirty, hashes),
     ]
@@ -620,10 +628,10 @@ def main() -> None:
     )
     parts = require(sections["train"], "parts", "train", int)
     part = last_trained_part(parts) if args.part is None else args.part
-    model_dir = MODELS_DIR / part_name(part)
-    if not 1 <= part <= parts or not (model_dir / "train_state.json").is_file():
-        raise ChatmillError(f"release: {model_dir} is not a trained part; run `dvc repro train-part{part}`")
-    evaluated = Path(require(eval_params, "model", "eval", str)) == model_dir
+    folder = model_dir(part)
+    if not 1 <= part <= parts or not (folder / "train_state.json").is_file():
+        raise ChatmillError(f"release: {folder} is not a trained part; run `dvc repro train-part{part}`")
+    evaluated = Path(require(eval_params, "model", "eval", str)) == folder
     targets = [f"train-part{part}"] + (["sample-eval"] if evaluated else [])
 
     token = get_token()
@@ -639,20 +647,20 @@ def main() -> None:
         if not path.is_file():
             raise ChatmillError(f"release: {path} not found; run `make repro` (or `dvc pull`)")
     disable_progress_bar()  # transformers' bars for loading and saving: seconds, and noise in the log
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     card = model_card(
         release,
         part,
         params,
         {name: read_json(path) for name, path in STATS_FILES.items()},
-        read_json(model_dir / "train_state.json"),
+        read_json(folder / "train_state.json"),
         read_json(METRICS_FILE) if evaluated else None,
         git_commit,
         bool(dirty),
         lineage(yaml.safe_load(LOCK_FILE.read_text()), targets),
         tokenizer.eos_token,
     )
-    files = build_folder(model_dir, tokenizer, RELEASE_DIR, release, eval_params["max_new_tokens"], card)
+    files = build_folder(folder, tokenizer, RELEASE_DIR, release, eval_params["max_new_tokens"], card)
     message = commit_message(release, part, parts, git_commit)
     visibility = "private" if release.private else "public"
     where = f"{release.repo_id or 'OWNER/NAME'}, branch {release.revision} ({visibility})"
@@ -660,10 +668,10 @@ def main() -> None:
         print(f"release: DRY_RUN: built {RELEASE_DIR}/; would push it to {where} in one commit:")
         print(f'  "{message}"\n{describe(files, RELEASE_DIR)}')
         return
-    print(f"release: pushing {RELEASE_DIR}/ ({model_dir}) to {where}")
+    print(f"release: pushing {RELEASE_DIR}/ ({folder}) to {where}")
     try:
         url = push(HfApi(token=token), RELEASE_DIR, files, release, message)
-    except (OSError, httpx2.HTTPError, ValueError) as error:  # HTTP errors, no connection, offline mode
+    except (OSError, HTTPError, ValueError) as error:  # HTTP errors, no connection, offline mode
         raise ChatmillError(push_error(error, release.repo_id)) from None
     print(f"release: {message}: {url}")
 

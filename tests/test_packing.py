@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
-from shard import Packer, SequenceFile, part_sizes, windows
+from conftest import run_stage, write_workspace
 
 from chatmill.errors import ChatmillError
+from chatmill.packing import Packer, SequenceFile, part_sizes, windows
 from chatmill.prompt import Encoded, encode_conversation
 from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard, save_shard
 
@@ -70,7 +71,7 @@ def test_packing_restarts_positions_per_window_and_pads_with_ignored_labels():
 
 
 def test_sequence_file_writes_what_save_shard_writes_a_chunk_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr("shard.COPY_ROWS", 3)  # several chunks per part
+    monkeypatch.setattr("chatmill.packing.COPY_ROWS", 3)  # several chunks per part
     rng = np.random.default_rng(0)
     rows = [
         {
@@ -109,12 +110,10 @@ def test_parts_are_whole_global_batches_of_equal_size():
 
 
 def run_shard(workdir, workers: int, tokenizer, scratch: dict, conversations) -> dict[str, str]:
-    """Run the real stage in `workdir`; return the sha256 of every output file."""
-    import shard as shard_stage
-    import yaml
-    from base_model import scratch_model
-
+    """Run the real stage in `workdir` (its params.yaml and dvc.yaml written there); return the
+    sha256 of every output file."""
     from chatmill.io import sha256_file, write_parquet
+    from chatmill.modeling import scratch_model
     from chatmill.schema import CONVERSATION_SCHEMA
 
     if not (workdir / "models/base").exists():
@@ -126,8 +125,8 @@ def run_shard(workdir, workers: int, tokenizer, scratch: dict, conversations) ->
         "shard": {"seq_len": 64, "eval_fraction": 0.1, "seed": 0, "workers": workers},
         "train": {"parts": 2, "global_batch": 2},
     }
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
-    shard_stage.main()
+    write_workspace(workdir, params)
+    run_stage("shard")
     return {
         str(path.relative_to(workdir)): sha256_file(path)
         for path in sorted((workdir / "data/shards").rglob("*"))
@@ -138,7 +137,7 @@ def run_shard(workdir, workers: int, tokenizer, scratch: dict, conversations) ->
 def test_output_is_byte_identical_for_one_and_two_workers(
     tmp_path, monkeypatch, tiny_tokenizer, tiny_scratch, conversation_factory
 ):
-    monkeypatch.setattr("shard.ENCODE_BATCH", 7)  # many batches, so order across workers matters
+    monkeypatch.setattr("chatmill.packing.ENCODE_BATCH", 7)  # many batches, so order across workers matters
     conversations = [
         conversation_factory(f"c{i:03d}", bot_replies=("Hello there.",) * (1 + i % 4), user=f"Hi number {i}.")
         for i in range(120)
@@ -156,7 +155,7 @@ def test_an_up_sampled_eval_conversation_is_held_out_once(
 
     from chatmill.io import read_json
 
-    monkeypatch.setattr("shard.ENCODE_BATCH", 5)
+    monkeypatch.setattr("chatmill.packing.ENCODE_BATCH", 5)
     conversations = [conversation_factory(f"c{i:03d}", user=f"Hi number {i}.") for i in range(80)]
     monkeypatch.chdir(tmp_path)
     run_shard(

@@ -1,4 +1,5 @@
-"""Source containers (jsonl, JSON array, parquet; gzip and zstd) and record formats.
+"""Source containers (jsonl, JSON array, parquet; gzip and zstd): chatmill.containers. The record
+formats are test_records'.
 
 The readers' contract: every record in file order, and a bad record or a truncated/corrupt file becomes
 an error record (with the raw text where there is one), never an exception.
@@ -14,21 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-import chatmill.formats as formats
+import chatmill.containers as containers
+from chatmill.containers import iter_records, parsed
 from chatmill.errors import ChatmillError
-from chatmill.formats import (
-    ASSISTANT_NAME,
-    ASSISTANT_PERSONA,
-    RecordError,
-    iter_records,
-    parse_alpaca,
-    parse_openai,
-    parse_pippa,
-    parse_sharegpt,
-    parsed,
-    parser_for,
-)
-from chatmill.schema import USER_NAME
 
 JSONL = b'{"n": 1}\n{"n": 2}\n{"n": 3}\n'
 
@@ -94,7 +83,7 @@ def test_jsonl_lines_left_unparsed_parse_later_into_the_same_records(tmp_path):
 @pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
 def test_jsonl_line_endings_at_any_chunk_size(tmp_path, monkeypatch, chunk, end):
     """LF, CRLF (even split across two reads) or a lone CR: no valid JSON text holds a raw CR."""
-    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    monkeypatch.setattr(containers, "TEXT_CHUNK", chunk)
     path = write(tmp_path / "a.jsonl", end.join([b'{"n": 1}', b'{"n": 2}', b"", b'{"n": 3}']) + end)
     records = list(iter_records(path))
     assert [(r.location, r.value) for r in records] == [
@@ -137,7 +126,7 @@ ARRAY = """\ufeff[
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 16])
 def test_json_array_elements_parse_the_same_at_any_chunk_size(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    monkeypatch.setattr(containers, "TEXT_CHUNK", chunk)
     records = list(iter_records(write(tmp_path / "a.json", ARRAY)))
     assert [r.value for r in records] == json.loads(ARRAY.lstrip("\ufeff"))
     assert [r.location for r in records] == [f"a.json:#{i}" for i in range(len(records))]
@@ -158,7 +147,7 @@ def test_empty_json_array_has_no_records(tmp_path, text):
 
 @pytest.mark.parametrize("chunk", [7, 1 << 16])
 def test_unclosed_json_array_keeps_the_elements_before_the_cut(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    monkeypatch.setattr(containers, "TEXT_CHUNK", chunk)
     *good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": 2},\n'))
     assert [r.value for r in good] == [{"n": 1}, {"n": 2}]
     assert (error.location, error.raw, error.file_error) == ("a.json", None, True)
@@ -167,7 +156,7 @@ def test_unclosed_json_array_keeps_the_elements_before_the_cut(tmp_path, monkeyp
 
 @pytest.mark.parametrize("chunk", [7, 1 << 16])
 def test_json_array_cut_inside_an_element_keeps_that_partial_element_as_raw(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    monkeypatch.setattr(containers, "TEXT_CHUNK", chunk)
     good, error = iter_records(write(tmp_path / "a.json", '[{"n": 1}, {"n": 2, "text": "cut he'))
     assert good.value == {"n": 1}
     assert (error.location, error.file_error) == ("a.json", True)
@@ -177,7 +166,7 @@ def test_json_array_cut_inside_an_element_keeps_that_partial_element_as_raw(tmp_
 
 @pytest.mark.parametrize("chunk", [3, 1 << 16])
 def test_invalid_element_in_a_json_array_is_quarantined_alone(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    monkeypatch.setattr(containers, "TEXT_CHUNK", chunk)
     text = '[{"n": 1}, {"n": nope, "s": "a, ] \\" }"}, {"n": 2}}, {"n": 3}]'
     good, bad, extra_brace, last = iter_records(write(tmp_path / "a.json", text))
     assert (good.value, last.value, last.location) == ({"n": 1}, {"n": 3}, "a.json:#3")
@@ -200,10 +189,10 @@ def test_json_array_element_too_deep_or_with_a_huge_integer_is_quarantined_alone
 
 @pytest.mark.parametrize("chunk", [5, 1 << 16])
 def test_json_element_larger_than_many_chunks_is_read_in_linear_time(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    monkeypatch.setattr(containers, "TEXT_CHUNK", chunk)
     text = json.dumps([{"n": 1, "text": 'a \\ " b ' * 200_000}, {"n": 2}])  # 2 MB, escapes throughout
     reads = []
-    open_binary = formats._open_binary
+    open_binary = containers._open_binary
 
     def counting_open(path):
         stream = open_binary(path)
@@ -211,7 +200,7 @@ def test_json_element_larger_than_many_chunks_is_read_in_linear_time(tmp_path, m
         stream.read1 = lambda size: reads.append(size) or read1(size)
         return stream
 
-    monkeypatch.setattr(formats, "_open_binary", counting_open)
+    monkeypatch.setattr(containers, "_open_binary", counting_open)
     assert values(write(tmp_path / "a.json", text)) == json.loads(text)
     # each read as long as the text not yet used: a logarithmic number of reads, each scanned once
     assert 0 < len(reads) < 40, len(reads)
@@ -268,7 +257,7 @@ def test_deeply_nested_json_is_an_error_record_not_a_crash(tmp_path):
 
 @pytest.mark.parametrize("chunk", [7, 1 << 16])
 def test_invalid_utf8_in_a_json_array_spoils_only_its_element(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(formats, "TEXT_CHUNK", chunk)
+    monkeypatch.setattr(containers, "TEXT_CHUNK", chunk)
     path = write(tmp_path / "a.json", b'[{"n": 1}, {"text": "caf\xe9 \xc3\xa9"}, {"n": 3}]')
     first, bad, last = iter_records(path)
     assert (first.value, last.value, last.location) == ({"n": 1}, {"n": 3}, "a.json:#2")
@@ -375,259 +364,3 @@ def test_unknown_container_is_a_chatmill_error(tmp_path, name):
     path = write(tmp_path / name, JSONL)
     with pytest.raises(ChatmillError, match="unknown container"):
         list(iter_records(path))
-
-
-# ---------------------------------------------------------------- pippa
-
-
-PIPPA = {
-    "bot_name": "Aqua",
-    "bot_definitions": "{{char}} is a goddess.",
-    "bot_description": "A water goddess.",
-    "bot_greeting": "Hello, {{user}}!",
-    "categories": ["Anime"],
-    "submission_timestamp": None,
-    "conversation": [
-        {"message": "Hello, {{user}}!", "is_human": False},
-        {"message": "Hi!", "is_human": True},
-        {"message": "*splashes*", "is_human": False},
-    ],
-}
-
-
-def test_parse_pippa():
-    parsed = parse_pippa(PIPPA)
-    assert (parsed.bot_name, parsed.persona, parsed.scenario) == ("Aqua", "A water goddess.", "")
-    assert parsed.turns == [
-        {"role": "bot", "name": "Aqua", "text": "Hello, {{user}}!"},
-        {"role": "user", "name": USER_NAME, "text": "Hi!"},
-        {"role": "bot", "name": "Aqua", "text": "*splashes*"},
-    ]
-    # None values are left out of meta
-    assert parsed.meta == {
-        "bot_definitions": "{{char}} is a goddess.",
-        "bot_greeting": "Hello, {{user}}!",
-        "categories": ["Anime"],
-    }
-
-
-def test_parse_pippa_without_description_has_an_empty_persona():
-    parsed = parse_pippa({"bot_name": "Aqua", "conversation": []})
-    assert (parsed.persona, parsed.turns, parsed.meta) == ("", [], {})
-
-
-# ---------------------------------------------------------------- sharegpt and openai
-
-
-def test_parse_sharegpt_leading_system_message_becomes_the_persona():
-    parsed = parse_sharegpt(
-        {
-            "id": "abc",
-            "conversations": [
-                {"from": "system", "value": "You are terse."},
-                {"from": "human", "value": "Hi"},
-                {"from": "gpt", "value": "Hello."},
-                {"from": "system", "value": "Be nicer."},
-                {"from": "user", "value": "Again"},
-                {"from": "assistant", "value": "Hello, friend!"},
-            ],
-        }
-    )
-    assert (parsed.bot_name, parsed.persona, parsed.scenario) == (ASSISTANT_NAME, "You are terse.", "")
-    assert [(t["role"], t["name"], t["text"]) for t in parsed.turns] == [
-        ("user", USER_NAME, "Hi"),
-        ("bot", ASSISTANT_NAME, "Hello."),
-        ("system", "system", "Be nicer."),  # only a leading system message is the persona
-        ("user", USER_NAME, "Again"),
-        ("bot", ASSISTANT_NAME, "Hello, friend!"),
-    ]
-    assert parsed.meta == {"origin_id": "abc"}
-
-
-def test_parse_sharegpt_record_level_bot_name_persona_and_scenario():
-    parsed = parse_sharegpt(
-        {
-            "bot_name": "Rin",
-            "persona": "A shy librarian.",
-            "scenario": "A library.",
-            "conversations": [
-                {"from": "human", "value": "Hi"},
-                {"from": "chatgpt", "value": "...hello."},
-            ],
-        }
-    )
-    assert (parsed.bot_name, parsed.persona, parsed.scenario) == ("Rin", "A shy librarian.", "A library.")
-    assert [(t["role"], t["name"]) for t in parsed.turns] == [("user", USER_NAME), ("bot", "Rin")]
-    assert parsed.meta == {}
-
-
-def test_parse_openai():
-    parsed = parse_openai(
-        {
-            "messages": [
-                {"role": "system", "content": "Answer in French."},
-                {"role": "user", "content": "Hello"},
-                {"role": "assistant", "content": "Bonjour"},
-            ]
-        }
-    )
-    assert (parsed.bot_name, parsed.persona) == (ASSISTANT_NAME, "Answer in French.")
-    assert parsed.turns == [
-        {"role": "user", "name": USER_NAME, "text": "Hello"},
-        {"role": "bot", "name": ASSISTANT_NAME, "text": "Bonjour"},
-    ]
-
-
-# ---------------------------------------------------------------- alpaca
-
-
-def test_parse_alpaca_joins_the_input_into_the_user_turn():
-    parsed = parse_alpaca({"instruction": "Translate to French.", "input": "Good day", "output": "Bonjour"})
-    assert (parsed.bot_name, parsed.persona, parsed.scenario) == (ASSISTANT_NAME, ASSISTANT_PERSONA, "")
-    assert parsed.turns == [
-        {"role": "user", "name": USER_NAME, "text": "Translate to French.\n\nGood day"},
-        {"role": "bot", "name": ASSISTANT_NAME, "text": "Bonjour"},
-    ]
-
-
-@pytest.mark.parametrize(
-    "record",
-    [
-        {"instruction": "Name a colour.", "output": "Blue"},
-        {"instruction": "Name a colour.", "input": "", "output": "Blue"},
-        {"instruction": "Name a colour.", "input": " \n", "output": "Blue"},
-        {"instruction": "Name a colour.", "input": None, "output": "Blue"},
-    ],
-)
-def test_parse_alpaca_without_input_is_the_instruction_alone(record):
-    assert parse_alpaca(record).turns[0]["text"] == "Name a colour."
-
-
-# ---------------------------------------------------------------- bad records
-
-
-def pippa_with(**changes):
-    return {**PIPPA, **changes}
-
-
-@pytest.mark.parametrize(
-    ("parse", "record", "reason"),
-    [
-        (parse_pippa, [PIPPA], "record is list, expected an object"),
-        (parse_pippa, None, "record is NoneType, expected an object"),
-        (parse_pippa, {"conversation": []}, "missing field 'bot_name'"),
-        (parse_pippa, {"bot_name": "Aqua"}, "missing field 'conversation'"),
-        (parse_pippa, pippa_with(conversation="Hi"), "field 'conversation' is str, expected list"),
-        (parse_pippa, pippa_with(bot_name=7), "field 'bot_name' is int, expected str"),
-        (parse_pippa, pippa_with(bot_description=["x"]), "field 'bot_description' is list, expected str"),
-        (parse_pippa, pippa_with(conversation=["Hi"]), "conversation[0] is str, expected an object"),
-        (
-            parse_pippa,
-            pippa_with(conversation=[{"message": "Hi", "is_human": "yes"}]),
-            "field 'conversation[0].is_human' is str, expected bool",
-        ),
-        (
-            parse_pippa,
-            pippa_with(conversation=[{"is_human": True}]),
-            "missing field 'conversation[0].message'",
-        ),
-        (
-            parse_pippa,
-            pippa_with(conversation=[{"message": 3, "is_human": True}]),
-            "field 'conversation[0].message' is int, expected str",
-        ),
-        (parse_sharegpt, "hello", "record is str, expected an object"),
-        (parse_sharegpt, {"messages": []}, "missing field 'conversations'"),
-        (
-            parse_sharegpt,
-            {"conversations": {"from": "human"}},
-            "field 'conversations' is dict, expected list",
-        ),
-        (
-            parse_sharegpt,
-            {"conversations": [{"from": "human", "value": 1}]},
-            "'messages[0].value' is int, expected str",
-        ),
-        (parse_sharegpt, {"conversations": [{"value": "hi"}]}, "missing field 'messages[0].from'"),
-        (
-            parse_sharegpt,
-            {"conversations": [{"from": "human", "value": "hi"}, {"from": "bard", "value": "yo"}]},
-            "[1].from is 'bard', expected one of",
-        ),
-        (parse_openai, {"messages": None}, "missing field 'messages'"),
-        (
-            parse_openai,
-            {"messages": [{"role": "tool", "content": "{}"}]},
-            "[0].role is 'tool', expected one of",
-        ),
-        (
-            parse_openai,
-            {"messages": [{"role": "user", "content": ["a"]}]},
-            "'messages[0].content' is list, expected str",
-        ),
-        (parse_alpaca, {"instruction": "Do it."}, "missing field 'output'"),
-        (parse_alpaca, {"output": "Done."}, "missing field 'instruction'"),
-        (
-            parse_alpaca,
-            {"instruction": ["Go"], "output": "Done."},
-            "field 'instruction' is list, expected str",
-        ),
-        (
-            parse_alpaca,
-            {"instruction": "Go", "input": 5, "output": "Ok"},
-            "field 'input' is int, expected str",
-        ),
-        (parse_alpaca, 42, "record is int, expected an object"),
-        (parse_openai, {"messages": ["hi"]}, "messages[0] is str, expected an object"),
-        (
-            parse_openai,
-            {"messages": [{"role": "user", "content": None}]},
-            "missing field 'messages[0].content'",
-        ),
-        (
-            parse_pippa,
-            pippa_with(conversation=[PIPPA["conversation"][0], {"message": "Hi", "is_human": 1}]),
-            "field 'conversation[1].is_human' is int, expected bool",
-        ),
-        (
-            parse_openai,
-            {"messages": [{"role": "x" * 1000, "content": "hi"}]},
-            "messages[0].role is 'xxx",  # a long value is cut short: a reason is one short line
-        ),
-    ],
-)
-def test_bad_record_is_a_record_error_with_its_reason(parse, record, reason):
-    with pytest.raises(RecordError) as error:
-        parse(record)
-    assert reason in str(error.value)
-    assert len(str(error.value)) < 150 and "\n" not in str(error.value)
-
-
-def test_unknown_sharegpt_role_names_the_accepted_roles():
-    with pytest.raises(RecordError) as error:
-        parse_sharegpt({"conversations": [{"from": "bard", "value": "yo"}]})
-    assert all(role in str(error.value) for role in ("human", "gpt", "system"))
-
-
-# ---------------------------------------------------------------- parser_for
-
-
-@pytest.mark.parametrize(
-    ("name", "parse"),
-    [
-        ("pippa", parse_pippa),
-        ("sharegpt", parse_sharegpt),
-        ("openai", parse_openai),
-        ("alpaca", parse_alpaca),
-    ],
-)
-def test_parser_for_known_formats(name, parse):
-    assert parser_for(name, "logs") is parse
-
-
-def test_parser_for_unknown_format_names_the_params_key_and_the_known_formats():
-    with pytest.raises(ChatmillError) as error:
-        parser_for("chatml", "logs")
-    message = str(error.value)
-    assert "sources.logs.format" in message and "'chatml'" in message
-    assert all(name in message for name in ("pippa", "sharegpt", "openai", "alpaca"))

@@ -1,0 +1,555 @@
+"""Training a part (the train-partN stages) through DeepSpeed, continuing exactly where the part
+before stopped. train_part reads top to bottom: setup_part, resume_part, train_steps, save_part.
+
+Part 1 starts from models/base; part N from models/part-(N-1): its weights, optimizer state and
+global step (DeepSpeed checkpoint in resume/), so the LR schedule continues and warmup is not
+repeated. Writes models/part-NN/ (HF safetensors + tokenizer, resume/, train_state.json) and
+DVCLive logs in dvclive/part-NN/: per step loss, lr, grad norm, tokens/s and MFU; per part the
+held-out loss on data/shards/eval. Effective batch = micro_batch x accumulation x world size.
+
+Crash safety: every `train.save_every` optimizer steps the part writes an intermediate checkpoint,
+checkpoints/part-NN/step-SSSSSS/ (git-ignored, not a DVC output): DeepSpeed state (weights, fp32
+master weights, optimizer, global step), each rank's RNG state, the position in the shard and the
+DVCLive logs so far. It is written under a hidden .tmp name and renamed when complete, so a kill
+at any moment leaves the previous checkpoint intact. A re-run of a killed part resumes from the
+newest one if params, world size and inputs are unchanged, and deletes it once models/part-NN/ is
+in place.
+"""
+
+import json
+import os
+import random
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from chatmill.attention import VARLEN, document_starts, packed_attention
+from chatmill.errors import ChatmillError
+from chatmill.flops import flops_per_token, matmul_parameters, mfu
+from chatmill.io import read_json, remove, stable_hash, write_json
+from chatmill.layout import CHECKPOINTS_DIR, EVAL_SHARD_DIR, live_dir, model_dir, part_name, shard_dir
+from chatmill.params import require
+from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard
+
+if TYPE_CHECKING:  # deepspeed takes seconds to import: setup_part imports it
+    from deepspeed import DeepSpeedEngine
+    from rich.progress import Progress
+
+    from dvclive import Live
+
+CHECKPOINT_TAG = "final"
+# The train keys that change what a part learns: the train-partN stages declare them in dvc.yaml.
+WEIGHT_KEYS = (
+    "parts",
+    "global_batch",
+    "micro_batch",
+    "lr",
+    "warmup_steps",
+    "weight_decay",
+    "grad_clip",
+    "zero_stage",
+    "bf16",
+    "seed",
+)
+# The ones that change where and how fast it trains, or what it logs: read, not declared.
+SETTING_KEYS = (
+    "gpus",
+    "hostfile",
+    "save_every",
+    "gradient_checkpointing",
+    "compile",
+    "fused_optimizer",
+    "peak_tflops",
+)
+
+
+# --- What a part computes: pure functions ----------------------------------------------------------
+
+
+def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warmup over the first `warmup_steps` optimizer steps of the whole run, then constant.
+    `step` counts from 0 at the first step of part 1, so a later part never warms up again."""
+    if warmup_steps <= 0:
+        return lr
+    return lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    per_step = micro_batch * world_size
+    if global_batch % per_step:
+        raise ChatmillError(
+            f"params.yaml: train.global_batch={global_batch} is not a multiple of train.micro_batch x GPUs "
+            f"= {micro_batch} x {world_size}; change one of them"
+        )
+    return global_batch // per_step
+
+
+def deepspeed_config(train: dict, accumulation: int) -> dict:
+    return {
+        "train_batch_size": train["global_batch"],
+        "train_micro_batch_size_per_gpu": train["micro_batch"],
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": train["grad_clip"],
+        "bf16": {"enabled": train["bf16"]},
+        "zero_optimization": {"stage": train["zero_stage"]},
+        "steps_per_print": 2**31 - 1,  # progress is ours to report
+    }
+
+
+def launch_command(train: dict, part: int, script: Path) -> list[str] | None:
+    """The DeepSpeed launcher command for several GPUs or nodes; None to run in this process.
+    The launched ranks find LOCAL_RANK in their environment (--no_local_rank: no extra argument)."""
+    gpus, hostfile = train["gpus"], train["hostfile"]
+    if os.environ.get("LOCAL_RANK") is not None or (gpus <= 1 and not hostfile):
+        return None
+    command = ["deepspeed", "--no_local_rank"]
+    if hostfile:
+        command += ["--hostfile", str(hostfile)]
+    if gpus:
+        command += ["--num_gpus", str(gpus)]
+    return command + [str(script), "--part", str(part)]
+
+
+def validate_train(train: dict) -> dict:
+    for key, kind in (
+        ("parts", int),
+        ("global_batch", int),
+        ("micro_batch", int),
+        ("lr", float),
+        ("warmup_steps", int),
+        ("weight_decay", float),
+        ("grad_clip", float),
+        ("zero_stage", int),
+        ("bf16", bool),
+        ("seed", int),
+        ("gpus", int),
+        ("save_every", int),
+        ("gradient_checkpointing", bool),
+        ("compile", bool),
+        ("fused_optimizer", bool),
+        ("peak_tflops", float),
+    ):
+        value = require(train, key, "train", (int, float) if kind is float else kind)
+        positive = key in ("parts", "global_batch", "micro_batch", "peak_tflops")
+        if value < 0 or (positive and value == 0):
+            raise ChatmillError(f"params.yaml: train.{key}={value} must be positive")
+    if train["zero_stage"] not in (0, 1, 2, 3):
+        raise ChatmillError(f"params.yaml: train.zero_stage={train['zero_stage']}; use 0, 1, 2 or 3")
+    require(train, "hostfile", "train")
+    return train
+
+
+def micro_batches(
+    shard: dict[str, np.ndarray],
+    step: int,
+    accumulation: int,
+    micro_batch: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    with_document_starts: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The micro batches of one optimizer step for this rank: rows in shard order. A pure function
+    of the step, so a resumed part continues at the row where the checkpoint was taken.
+    `with_document_starts` adds the varlen attention's cu_seq_lens_q, found on the host: the GPU
+    would stop to report how many documents there are, in every layer."""
+    global_batch = micro_batch * accumulation * world_size
+    for micro in range(accumulation):
+        start = step * global_batch + (micro * world_size + rank) * micro_batch
+        rows = slice(start, start + micro_batch)
+        batch = {
+            name: torch.from_numpy(np.asarray(array[rows], dtype=np.int64)) for name, array in shard.items()
+        }
+        if with_document_starts:
+            batch["cu_seq_lens_q"] = document_starts(batch["position_ids"])
+        yield {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def eval_rows(sequences: int, batch: int, rank: int, world_size: int) -> Iterator[np.ndarray]:
+    """This rank's rows of the eval split, `batch` at a time. Every rank runs the same number of
+    batches (under ZeRO-3 each forward gathers weights from all ranks), so the last ones may hold
+    indices >= sequences, which the caller masks."""
+    for first in range(0, sequences, batch * world_size):
+        yield first + rank * batch + np.arange(batch)
+
+
+# --- Intermediate checkpoints: the resume state, explicit -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """Where a killed part continues: after `step` optimizer steps of this part (= the next row of
+    the shard), with the run's token count and the part's first loss for train_state.json."""
+
+    fingerprint: str
+    step: int
+    tokens_seen: int
+    first_loss: float | None
+
+
+def run_fingerprint(train: dict, part: int, world_size: int, inputs: list[Path]) -> str:
+    """What a part's checkpoints are valid for: the params that change the weights, world size and
+    the input files. Inputs are
+    taken by path, size and mtime (a previous part with optimizer state can be 100 GB): a
+    re-written input never matches, so the part starts over rather than resume on other data."""
+    files = [
+        (str(path), stat.st_size, stat.st_mtime_ns)
+        for folder in inputs
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        for stat in (path.stat(),)
+    ]
+    learning = {key: train[key] for key in WEIGHT_KEYS}
+    return stable_hash(json.dumps(learning, sort_keys=True), part, world_size, files)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def newest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint (zero-padded names sort by step); .tmp ones are partial."""
+    complete = sorted(root.glob("step-*"))
+    return complete[-1] if complete else None
+
+
+def rng_state(device: torch.device) -> dict:
+    numpy_name, numpy_key, *numpy_rest = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (numpy_name, numpy_key.tolist(), *numpy_rest),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    numpy_name, numpy_key, *numpy_rest = state["numpy"]
+    random.setstate(state["python"])
+    np.random.set_state((numpy_name, np.array(numpy_key, dtype=np.uint32), *numpy_rest))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(
+    engine: "DeepSpeedEngine", root: Path, state: ResumeState, live_dir: Path, rank: int
+) -> None:
+    """All ranks write into root/.step-SSSSSS.tmp (DeepSpeed's files, their RNG state); rank 0 adds
+    the resume state and the DVCLive logs, then renames it to step-SSSSSS and drops older ones."""
+    import deepspeed.comm as dist
+
+    name = checkpoint_name(state.step)
+    partial = root / f".{name}.tmp"
+    if rank == 0:
+        remove(partial)  # left by a run killed while writing this same checkpoint
+    dist.barrier()
+    partial.mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(engine.device), partial / f"rng-rank-{rank:05d}.pt")
+    if rank == 0:
+        write_json(partial / "state.json", asdict(state))
+        shutil.copytree(live_dir, partial / "dvclive")
+    engine.save_checkpoint(str(root), tag=partial.name, save_latest=False)  # ends with a barrier
+    if rank == 0:
+        remove(root / name)  # only ever a stale one (other params or inputs): a run never saves its start
+        partial.rename(root / name)
+        for older in root.glob("*step-*"):
+            if older.name != name:
+                remove(older)
+
+
+def single_process_environment(gpus: int) -> None:
+    """One process (train.gpus 0 or 1, no hostfile): torch.distributed still needs a rendezvous.
+    train.gpus 0 trains on the CPU, through DeepSpeed's CPU accelerator, even where a GPU exists."""
+    if "LOCAL_RANK" in os.environ:
+        return
+    if gpus and not torch.cuda.is_available():
+        raise ChatmillError(f"params.yaml: train.gpus={gpus} but no GPU is visible; use train.gpus: 0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    if gpus == 0:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+@torch.no_grad()
+def held_out_loss(
+    engine: "DeepSpeedEngine", shard: dict[str, np.ndarray], batch: int, rank: int, world_size: int
+) -> float:
+    """Mean loss per supervised token over the whole eval split, the ranks' shares summed."""
+    import deepspeed.comm as dist
+
+    sequences = len(shard["input_ids"])
+    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss sum, supervised tokens
+    engine.eval()
+    for rows in eval_rows(sequences, batch, rank, world_size):
+        inputs = {
+            name: torch.from_numpy(np.asarray(shard[name][rows % sequences], dtype=np.int64))
+            for name in ARRAYS
+        }
+        inputs["labels"][torch.from_numpy(rows >= sequences)] = IGNORE_INDEX  # padding rows of the last batch
+        supervised = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())  # labels shift by one
+        loss = engine(**{name: t.to(engine.device) for name, t in inputs.items()}, use_cache=False).loss
+        if supervised:
+            totals[0] += loss.double() * supervised
+            totals[1] += supervised
+    engine.train()
+    dist.all_reduce(totals)
+    if totals[1] == 0:
+        raise ChatmillError(f"train: {EVAL_SHARD_DIR} has no supervised tokens; check the shard stage")
+    return (totals[0] / totals[1]).item()
+
+
+# --- The part: set up, resume, train, save --------------------------------------------------------
+
+
+@dataclass
+class Part:
+    """A part ready to train: the engine over the model, the data, and where things go."""
+
+    number: int
+    train: dict
+    engine: "DeepSpeedEngine"
+    shard: dict[str, np.ndarray]
+    eval_shard: dict[str, np.ndarray]
+    steps: int  # optimizer steps of this part
+    seq_len: int
+    accumulation: int
+    rank: int
+    world_size: int
+    varlen: bool  # the attention wants the document starts of each micro batch
+    flops: int  # model FLOPs per token, for MFU
+    fingerprint: str
+    previous: Path  # the model this part continues: models/base or models/part-(N-1)
+
+    @property
+    def checkpoints(self) -> Path:
+        return CHECKPOINTS_DIR / part_name(self.number)
+
+
+def setup_part(number: int, train: dict) -> Part:
+    """Check the inputs, join the ranks, load part N-1's model and build the DeepSpeed engine."""
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+
+    previous, data = model_dir(number - 1), shard_dir(number)
+    for needed in (data, EVAL_SHARD_DIR):
+        if not (needed / "input_ids.npy").exists():
+            raise ChatmillError(
+                f"train-part{number}: {needed} not found; run `dvc repro shard` (train.parts >= {number}?)"
+            )
+    if not previous.exists():
+        raise ChatmillError(
+            f"train-part{number}: {previous} not found; run `dvc repro train-part{number - 1}`"
+        )
+
+    deepspeed.init_distributed()
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    accumulation = accumulation_steps(train["global_batch"], train["micro_batch"], world_size)
+    shard, eval_shard = load_shard(data), load_shard(EVAL_SHARD_DIR)
+    sequences, seq_len = shard["input_ids"].shape
+    fingerprint = run_fingerprint(train, number, world_size, [data, EVAL_SHARD_DIR, previous])
+    torch.manual_seed(train["seed"] + number)
+
+    device_type = "cuda" if train["gpus"] else "cpu"
+    attention = packed_attention(torch.device(device_type), train["bf16"], seq_len)
+    model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32, attn_implementation=attention)
+    if train["gradient_checkpointing"]:
+        model.activation_checkpointing_enable()
+    config = model.config
+    flops = flops_per_token(matmul_parameters(model), config.num_hidden_layers, config.hidden_size, seq_len)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], fused=train["fused_optimizer"]
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(train, accumulation)
+    )
+    if train["compile"]:
+        engine.compile()
+    return Part(
+        number=number,
+        train=train,
+        engine=engine,
+        shard=shard,
+        eval_shard=eval_shard,
+        steps=sequences // train["global_batch"],
+        seq_len=seq_len,
+        accumulation=accumulation,
+        rank=rank,
+        world_size=world_size,
+        varlen=attention == VARLEN,
+        flops=flops,
+        fingerprint=fingerprint,
+        previous=previous,
+    )
+
+
+def resume_part(part: Part) -> ResumeState:
+    """Where the part starts: a killed run's newest checkpoint (weights, optimizer, global step, RNG)
+    when it was made with the same params, world size and inputs; else part N-1's DeepSpeed state
+    (weights, fp32 master weights, optimizer, global step); else, for part 1, the beginning."""
+    newest = newest_checkpoint(part.checkpoints)
+    resume = ResumeState(**read_json(newest / "state.json")) if newest else None
+    if resume and resume.fingerprint != part.fingerprint:
+        if part.rank == 0:
+            print(f"train-part{part.number}: not resuming from {newest}: params, GPUs or inputs have changed")
+        resume = None
+    if resume:
+        part.engine.load_checkpoint(str(part.checkpoints), tag=newest.name)
+        set_rng_state(torch.load(newest / f"rng-rank-{part.rank:05d}.pt"), part.engine.device)
+        if part.rank == 0:  # the logs up to the checkpoint; DVC removed dvclive/part-NN before the re-run
+            remove(live_dir(part.number))
+            shutil.copytree(newest / "dvclive", live_dir(part.number))
+            print(f"train-part{part.number}: resuming from {newest} at step {resume.step} of {part.steps}")
+        return resume
+    if part.number > 1:
+        part.engine.load_checkpoint(str(part.previous / "resume"), tag=CHECKPOINT_TAG)
+        tokens_seen = read_json(part.previous / "train_state.json")["tokens_seen"]
+        return ResumeState(part.fingerprint, 0, tokens_seen, None)
+    return ResumeState(part.fingerprint, 0, 0, None)
+
+
+def progress_bar(part: Part) -> "Progress":
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]part {task.fields[part]}[/] step {task.fields[step]}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, disable=part.rank != 0)
+
+
+def train_steps(part: Part, start: ResumeState, live: "Live | None") -> tuple[ResumeState, float | None]:
+    """The loop: one optimizer step per iteration, `accumulation` micro batches on each rank, a
+    checkpoint every train.save_every steps. Returns the position at the end and the last loss."""
+    import deepspeed.comm as dist
+
+    engine, train = part.engine, part.train
+    tokens_seen, first_loss, last_loss = start.tokens_seen, start.first_loss, None
+    engine.train()
+    with progress_bar(part) as progress:
+        task = progress.add_task(
+            "train",
+            total=part.steps,
+            completed=start.step,
+            part=part.number,
+            step=engine.global_steps,
+            loss=0.0,
+            tps=0.0,
+        )
+        for step in range(start.step, part.steps):
+            started = time.perf_counter()
+            lr = learning_rate(engine.global_steps, train["lr"], train["warmup_steps"])
+            for group in engine.optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=engine.device)
+            for batch in micro_batches(
+                part.shard,
+                step,
+                part.accumulation,
+                train["micro_batch"],
+                part.rank,
+                part.world_size,
+                engine.device,
+                part.varlen,
+            ):
+                loss = engine(**batch, use_cache=False).loss
+                engine.backward(loss)
+                engine.step()
+                step_loss += loss.detach().float() / part.accumulation
+            dist.all_reduce(step_loss)  # the mean over ranks: the loss of the whole global batch
+            last_loss = step_loss.item() / part.world_size
+            first_loss = last_loss if first_loss is None else first_loss
+            grad_norm = engine.get_global_grad_norm()  # before clipping; None if DeepSpeed skips it
+            tokens = train["global_batch"] * part.seq_len
+            tokens_seen += tokens
+            tokens_per_s = tokens / (time.perf_counter() - started)
+            if live:
+                live.step = engine.global_steps
+                live.log_metric("train/loss", last_loss)
+                live.log_metric("train/lr", lr)
+                if grad_norm is not None:
+                    live.log_metric("train/grad_norm", float(grad_norm))
+                live.log_metric("train/tokens_per_s", tokens_per_s)
+                live.log_metric(
+                    "train/mfu", mfu(tokens_per_s, part.flops, part.world_size, train["peak_tflops"])
+                )
+                live.log_metric("train/tokens_seen", tokens_seen)
+            progress.update(task, advance=1, step=engine.global_steps, loss=last_loss, tps=tokens_per_s)
+            done = step + 1
+            if train["save_every"] and done % train["save_every"] == 0 and done < part.steps:
+                position = ResumeState(part.fingerprint, done, tokens_seen, first_loss)
+                save_checkpoint(engine, part.checkpoints, position, live_dir(part.number), part.rank)
+    return ResumeState(part.fingerprint, part.steps, tokens_seen, first_loss), last_loss
+
+
+def save_part(part: Part, end: ResumeState, last_loss: float | None, live: "Live | None") -> dict:
+    """The held-out loss, then models/part-NN (HF weights + tokenizer, resume/, train_state.json):
+    written to a hidden folder and renamed into place; then the checkpoints go."""
+    import deepspeed
+    import deepspeed.comm as dist
+    from transformers import AutoTokenizer
+
+    engine, train, out = part.engine, part.train, model_dir(part.number)
+    eval_loss = held_out_loss(engine, part.eval_shard, train["micro_batch"], part.rank, part.world_size)
+    state = {
+        "part": part.number,
+        "global_step": int(engine.global_steps),
+        "tokens_seen": int(end.tokens_seen),
+        "steps_this_part": part.steps,
+        "loss_first": round(end.first_loss, 6) if end.first_loss is not None else None,
+        "loss_last": round(last_loss, 6) if last_loss is not None else None,
+        "eval_loss": round(eval_loss, 6),
+        "lr": learning_rate(engine.global_steps - 1, train["lr"], train["warmup_steps"]),
+    }
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    if part.rank == 0:
+        remove(tmp_out)
+    dist.barrier()
+    engine.save_checkpoint(str(tmp_out / "resume"), tag=CHECKPOINT_TAG, client_state={"part": part.number})
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):  # whole weights under ZeRO-3
+        if part.rank == 0:
+            engine.module.save_pretrained(tmp_out)
+    if part.rank == 0:
+        AutoTokenizer.from_pretrained(part.previous).save_pretrained(tmp_out)
+        write_json(tmp_out / "train_state.json", state)
+        remove(out)
+        tmp_out.rename(out)
+        live.step = engine.global_steps
+        live.log_metric("eval/loss", eval_loss)
+        live.summary = {
+            "train/loss": state["loss_last"],
+            "eval/loss": state["eval_loss"],
+            "global_step": state["global_step"],
+        }
+        live.make_summary()
+        live.end()
+        remove(part.checkpoints)
+    return state
+
+
+def train_part(number: int, train: dict) -> dict:
+    """Part `number` of the run, from where part N-1 (or a killed run of this part) stopped."""
+    from dvclive import Live
+
+    part = setup_part(number, train)
+    start = resume_part(part)
+    live = None
+    if part.rank == 0:
+        live = Live(dir=str(live_dir(number)), resume=start.step > 0, dvcyaml=None, save_dvc_exp=False)
+    end, last_loss = train_steps(part, start, live)
+    return save_part(part, end, last_loss, live)
