@@ -10,18 +10,30 @@ varlen kernel on CUDA (bf16/fp16), causal SDPA per document on the CPU for long 
 Document starts come from position_ids, so this is for training on packed rows: a padding
 attention_mask is not used (transformers builds none for an implementation without a mask
 function). Right padding is harmless, since causal attention never looks ahead.
+
+Not every architecture takes transformers' attention interface (GPT-J does not): such a model keeps
+its own attention, which must build the block-diagonal mask from the restarting position ids
+itself. Whatever a model gets, training checks at start-up that a packed document's logits equal
+the document's alone (check_packing), and stops with one line if they do not.
 """
 
 import inspect
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from chatmill.errors import ChatmillError
 
 VARLEN = "chatmill_varlen"
 # Packed-row length from which per-document SDPA beats the masked square on the CPU (tiny scratch
 # model, 2 cores, per-document vs masked): `make bench-train` supervised tokens/s 1.28x at seq_len
 # 2048, 0.93x at 1024 (within noise); train-part1 of the embedded default (256) tokens/s 0.82x.
 CPU_VARLEN_ABOVE = 1024
+# Largest |packed - alone| logit difference, relative to the logits' scale, that is rounding: fp32
+# measured ~1e-7 (tests/test_attention.py), bf16 flash ~1e-2; a document that sees another is off
+# by far more.
+PACKING_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 
 
 def document_starts(position_ids: torch.Tensor) -> torch.Tensor:
@@ -128,3 +140,67 @@ def packed_attention(device: torch.device, bf16: bool, seq_len: int) -> str:
     if device.type == "cpu":
         return register() if seq_len > CPU_VARLEN_ABOVE else "sdpa"
     return register() if bf16 and varlen_available() else "sdpa"
+
+
+def sliding_window(config) -> int | None:
+    """The window a model's attention is limited to, if any (Mistral; Qwen2 when it uses one)."""
+    if not getattr(config, "use_sliding_window", True):
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+def attention_for(model, device: torch.device, bf16: bool, seq_len: int) -> str:
+    """The attention a model trains with on packed rows. A model that takes transformers' attention
+    interface gets packed_attention's choice, or sdpa where a sliding window shorter than the rows
+    applies (varlen attends to the whole document); any other keeps its own implementation."""
+    if not getattr(model, "_supports_attention_backend", False):
+        return model.config._attn_implementation
+    window = sliding_window(model.config)
+    if window is not None and window < seq_len:
+        return "sdpa"  # its mask functions apply the window; varlen would not
+    return packed_attention(device, bf16, seq_len)
+
+
+def use_packed_attention(model, device: torch.device, bf16: bool, seq_len: int) -> str:
+    """Set the model's attention for training on packed rows (attention_for); returns its name."""
+    attention = attention_for(model, device, bf16, seq_len)
+    if attention != model.config._attn_implementation:
+        model.set_attn_implementation(attention)
+    return attention
+
+
+@torch.no_grad()
+def packing_error(
+    forward: Callable[..., torch.Tensor], vocab_size: int, device: torch.device, varlen: bool
+) -> float:
+    """How far a document packed after another is from the same document alone: the largest logit
+    difference, relative to the logits' scale. `forward(input_ids=, position_ids=[, cu_seq_lens_q=])`
+    returns logits, as training calls the model."""
+    generator = torch.Generator().manual_seed(0)
+    first, last = (torch.randint(0, vocab_size, (length,), generator=generator) for length in (23, 41))
+    rows = {
+        "packed": (torch.cat([first, last]), torch.cat([torch.arange(len(first)), torch.arange(len(last))])),
+        "alone": (last, torch.arange(len(last))),
+    }
+    logits = {}
+    for name, (ids, positions) in rows.items():
+        inputs = {"input_ids": ids[None].to(device), "position_ids": positions[None].to(device)}
+        if varlen:
+            inputs["cu_seq_lens_q"] = document_starts(inputs["position_ids"])
+        logits[name] = forward(**inputs)[0, -len(last) :].float()
+    scale = max(1.0, logits["alone"].abs().max().item())
+    return (logits["packed"] - logits["alone"]).abs().max().item() / scale
+
+
+def check_packing(
+    forward: Callable[..., torch.Tensor], model, attention: str, dtype: torch.dtype, device: torch.device
+) -> None:
+    """Stop with one line when documents packed in a row see each other under this attention."""
+    error = packing_error(forward, model.config.vocab_size, device, attention == VARLEN)
+    if error > PACKING_TOLERANCE[dtype]:
+        raise ChatmillError(
+            f"train: {type(model).__name__} with {attention} attention lets packed documents see each other "
+            f"(logits of a packed document differ from it alone by {error:.2g} of their scale); chatmill "
+            "trains on packed rows only: set model.base to a model of another architecture (Llama, Mistral, "
+            "Qwen2, GPT-NeoX, GPT-J are tested)"
+        )

@@ -143,7 +143,8 @@ def data_stages(params: dict[str, Any]) -> list[Stage]:
             "base-model",
             "stages/base_model.py",
             ["model.base", "model.seed", "model.scratch"] if scratch else ["model.base", "model.revision"],
-            [str(CLEAN_DIR)] if scratch else [],  # the scratch tokenizer is trained on the cleaned data
+            # The scratch tokenizer is trained on the cleaned data; a local base folder is data too.
+            [str(CLEAN_DIR)] if scratch else (["${model.base}"] if Path(model["base"]).exists() else []),
             [str(BASE_DIR)],
         ),
         Stage(

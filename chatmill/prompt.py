@@ -8,13 +8,20 @@
 
 A bot turn's text and the end-of-turn marker (the tokenizer's EOS token) are the supervised
 tokens; everything else is context. Training (shard) and generation (sample-eval, chat) both
-encode through `encode_segments`, so the model sees identical token boundaries in both.
+encode through `encode_segments`, so the model sees identical token boundaries in both. Each
+segment is encoded as it stands in the text: the first as a text's start, the others without the
+space a SentencePiece tokenizer (Llama, Mistral) puts before a text's first word, so that the ids
+decode to exactly the text of the format, for byte-level and SentencePiece tokenizers alike.
 """
 
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any, NamedTuple
+
+from tokenizers import Tokenizer
 
 from chatmill.schema import USER_NAME, Conversation, Turn
 
@@ -44,12 +51,18 @@ def header_text(bot_name: str, persona: str, scenario: str) -> str:
     return f"{bot_name}'s Persona: {persona}\nScenario: {scenario}\n{START}\n"
 
 
-EOS = None  # stands for the tokenizer's end-of-turn (EOS) token in a segment list
-Segment = tuple[str | None, bool]  # (text or EOS, supervised)
+class Segment(NamedTuple):
+    """A piece of a prompt that is tokenized on its own, so that its tokens are the same wherever
+    it stands (alone or in a batch, in training and at generation)."""
+
+    text: str | None  # None: the tokenizer's end-of-turn (EOS) token
+    supervised: bool
+    starts_text: bool = False  # the prompt's first segment: encoded as a text's start is
 
 
 def header_segments(conversation: Conversation) -> list[Segment]:
-    return [(header_text(conversation["bot_name"], conversation["persona"], conversation["scenario"]), False)]
+    header = header_text(conversation["bot_name"], conversation["persona"], conversation["scenario"])
+    return [Segment(header, False, starts_text=True)]
 
 
 def bot_prefix(bot_name: str) -> str:
@@ -57,31 +70,90 @@ def bot_prefix(bot_name: str) -> str:
 
 
 def turn_segments(turn: Turn, bot_name: str) -> list[Segment]:
-    """One turn as it appears in the prompt, newline included. Each segment is tokenized on its
-    own, so token boundaries are the same whether a turn is encoded alone or in a batch."""
+    """One turn as it appears in the prompt, newline included."""
     if turn["role"] == "bot":
-        return [(bot_prefix(bot_name), False), (" " + turn["text"], True), (EOS, True), ("\n", False)]
+        return [
+            Segment(bot_prefix(bot_name), False),
+            Segment(" " + turn["text"], True),
+            Segment(None, True),
+            Segment("\n", False),
+        ]
     if turn["role"] == "user":
-        return [(f"{USER_NAME}: {turn['text']}\n", False)]
-    return [(f"{turn['text']}\n", False)]
+        return [Segment(f"{USER_NAME}: {turn['text']}\n", False)]
+    return [Segment(f"{turn['text']}\n", False)]
+
+
+# What a tokenizer adds before the first word of a text, where its pre-tokenizer or normalizer does:
+# SentencePiece's dummy prefix "▁" (Llama, Mistral), a byte-level leading space. In the middle of
+# a text there is no such space, so a segment after the first is encoded without it.
+_mid_text_backends: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _without_text_start(component: Any) -> bool:
+    """Switch off, in place, a tokenizer.json normalizer or pre-tokenizer's prefix at the start of a
+    text; True if there was one. Sequences are searched; a Prepend normalizer is emptied."""
+    if isinstance(component, dict):
+        kind = component.get("type")
+        if kind == "Sequence":
+            parts = component.get("normalizers") or component.get("pretokenizers") or []
+            return any([_without_text_start(part) for part in parts])
+        if kind == "Prepend":
+            component["prepend"], had = "", bool(component.get("prepend"))
+            return had
+        if kind == "Metaspace" and component.get("prepend_scheme", "always") != "never":
+            component["prepend_scheme"] = "never"
+            return True
+        if kind == "ByteLevel" and component.get("add_prefix_space"):
+            component["add_prefix_space"] = False
+            return True
+    return False
+
+
+def mid_text_backend(tokenizer) -> Tokenizer | None:
+    """The tokenizer's fast backend as it encodes text in the middle of a document, or None when
+    that is how it encodes any text (or it has no fast backend)."""
+    if tokenizer not in _mid_text_backends:
+        backend, mid_text = getattr(tokenizer, "backend_tokenizer", None), None
+        if backend is not None:
+            spec = json.loads(backend.to_str())
+            changed = [_without_text_start(spec.get(part)) for part in ("normalizer", "pre_tokenizer")]
+            mid_text = Tokenizer.from_str(json.dumps(spec)) if any(changed) else None
+        _mid_text_backends[tokenizer] = mid_text
+    return _mid_text_backends[tokenizer]
+
+
+def encode_texts(tokenizer, texts: list[str], starts_text: bool) -> list[list[int]]:
+    """Token ids of each text, as it is encoded at a text's start or in the middle of one."""
+    if not texts:
+        return []
+    mid_text = None if starts_text else mid_text_backend(tokenizer)
+    if mid_text is not None:
+        return [encoding.ids for encoding in mid_text.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
 
 
 def encode_segments(tokenizer, pieces: Sequence[Sequence[Segment]]) -> list[Encoded]:
-    """Encode many segment lists with one batched tokenizer call; one Encoded per list. Each distinct
-    text is tokenized once: segments repeat ("{bot}:" and the newline in every bot turn, a bot's
-    greeting in most of its conversations, short replies such as "*nods*")."""
-    texts = list(dict.fromkeys(text for segments in pieces for text, _ in segments if text))
-    token_ids = {EOS: [tokenizer.eos_token_id], "": []}
-    if texts:
-        ids_per_text = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        token_ids.update(zip(texts, ids_per_text, strict=True))
+    """Encode many segment lists with one batched tokenizer call (two when some start a text); one
+    Encoded per list. Each distinct text is tokenized once: segments repeat ("{bot}:" and the newline
+    in every bot turn, a bot's greeting in most of its conversations, short replies such as "*nods*")."""
+    distinct = dict.fromkeys((s.text, s.starts_text) for segments in pieces for s in segments if s.text)
+    token_ids: dict[tuple[str | None, bool], list[int]] = {(None, False): [tokenizer.eos_token_id]}
+    for starts_text in (False, True):
+        texts = [text for text, start in distinct if start == starts_text]
+        token_ids.update(
+            zip(
+                ((text, starts_text) for text in texts),
+                encode_texts(tokenizer, texts, starts_text),
+                strict=True,
+            )
+        )
     result = []
     for segments in pieces:
         encoded = Encoded([], [])
-        for text, supervised in segments:
-            ids = token_ids[text]
+        for segment in segments:
+            ids = token_ids[(segment.text, segment.starts_text)] if segment.text != "" else []
             encoded.ids += ids
-            encoded.supervised += [supervised] * len(ids)
+            encoded.supervised += [segment.supervised] * len(ids)
         result.append(encoded)
     return result
 
@@ -107,7 +179,7 @@ def encode_prompt(tokenizer, conversation: Conversation, turns: Sequence[Turn]) 
     """Context for generating the bot's next reply: header, the given turns, then "{bot}:"."""
     pieces = [header_segments(conversation)]
     pieces += [turn_segments(turn, conversation["bot_name"]) for turn in turns]
-    pieces.append([(bot_prefix(conversation["bot_name"]), False)])
+    pieces.append([Segment(bot_prefix(conversation["bot_name"]), False)])
     return [token for encoded in encode_segments(tokenizer, pieces) for token in encoded.ids]
 
 

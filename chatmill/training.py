@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from chatmill.attention import VARLEN, document_starts, packed_attention
+from chatmill.attention import VARLEN, check_packing, document_starts, use_packed_attention
 from chatmill.errors import ChatmillError
-from chatmill.flops import flops_per_token, matmul_parameters, mfu
+from chatmill.flops import flops_per_token, mfu
 from chatmill.io import read_json, remove, stable_hash, write_json
 from chatmill.layout import CHECKPOINTS_DIR, EVAL_SHARD_DIR, live_dir, model_dir, part_name, shard_dir
 from chatmill.params import require
@@ -363,18 +363,25 @@ def setup_part(number: int, train: dict) -> Part:
     fingerprint = run_fingerprint(train, number, world_size, [data, EVAL_SHARD_DIR, previous])
     torch.manual_seed(train["seed"] + number)
 
-    device_type = "cuda" if train["gpus"] else "cpu"
-    attention = packed_attention(torch.device(device_type), train["bf16"], seq_len)
-    model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32, attn_implementation=attention)
+    device = torch.device("cuda" if train["gpus"] else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
+    attention = use_packed_attention(model, device, train["bf16"], seq_len)
     if train["gradient_checkpointing"]:
         model.activation_checkpointing_enable()
-    config = model.config
-    flops = flops_per_token(matmul_parameters(model), config.num_hidden_layers, config.hidden_size, seq_len)
+    flops = flops_per_token(model, seq_len)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], fused=train["fused_optimizer"]
     )
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(train, accumulation)
+    )
+    engine.eval()  # the check wants no dropout
+    check_packing(
+        lambda **inputs: engine(**inputs, use_cache=False).logits,
+        model,
+        attention,
+        torch.bfloat16 if train["bf16"] else torch.float32,
+        engine.device,
     )
     if train["compile"]:
         engine.compile()

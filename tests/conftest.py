@@ -103,3 +103,159 @@ def tiny_scratch() -> dict:
         "num_key_value_heads": 2,
         "max_position_embeddings": 64,
     }
+
+
+# --- Tokenizers of the families real base models use, built locally (no download) ----------------
+
+SAMPLE_TEXTS = [
+    "Mira's Persona: A kind innkeeper who keeps the harbour inn.\nScenario: A stormy night.\n<START>\n",
+    "You: Hello there! Any rooms free tonight?\n",
+    "Mira: Of course, traveller. *She wipes the counter.* Two silver a night, breakfast included.\n",
+    "def add(a, b):\n    return a + b\n\n```python\nprint(add(1, 2))\n```\n",
+    "  - item one\n  - item two\n| a | b |\n|---|---|\n",
+    "Café, naïve, 東京, emoji 🎉, tabs\tand  double  spaces.\n",
+]
+
+
+def gpt2_bpe_tokenizer(vocab_size: int = 400):
+    """GPT-2's kind (GPT-J, GPT-NeoX/Pythia): byte-level BPE, one special token <|endoftext|> that is
+    BOS and EOS, no pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(SAMPLE_TEXTS * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+
+
+def sentencepiece_tokenizer(vocab_size: int = 400, metaspace: bool = False):
+    """Llama's and Mistral's kind: SentencePiece BPE with byte fallback, spaces as "▁" and a dummy
+    "▁" before a text's first word, <s> and </s>, no pad token. Llama 2 writes the dummy prefix as a
+    Prepend normalizer; newer ones (metaspace=True) as a Metaspace pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # Trained on words, as SentencePiece is (no token spans a "▁" inside it); then used unsplit, as
+    # the tokenizers converted from SentencePiece are.
+    if metaspace:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+        backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    else:
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+        backend.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size + 256,
+        special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
+        show_progress=False,
+    )
+    backend.train_from_iterator(SAMPLE_TEXTS * 20, trainer=trainer)
+    if metaspace:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def qwen_tokenizer(vocab_size: int = 400):
+    """Qwen2's kind: byte-level BPE after Qwen's split pattern (digits one by one), special tokens
+    <|endoftext|> (EOS and pad), <|im_start|>, <|im_end|>; no BOS."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    split = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(SAMPLE_TEXTS * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+
+
+TOKENIZER_FAMILIES = {
+    "gpt2-bpe": gpt2_bpe_tokenizer,
+    "sentencepiece-prepend": sentencepiece_tokenizer,
+    "sentencepiece-metaspace": lambda: sentencepiece_tokenizer(metaspace=True),
+    "qwen": qwen_tokenizer,
+}
+
+
+# --- Tiny models of the architectures base models come in, built from config (no download) -------
+
+ARCHITECTURES = ("gptj", "gpt-neox", "llama", "mistral", "qwen2")
+
+
+def tiny_base(architecture: str, tokenizer, max_positions: int = 256, seed: int = 0, **overrides):
+    """A two-layer model of the architecture, sized for tests, with the tokenizer's special tokens."""
+    import torch
+    import transformers
+
+    tokens = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    common = {"vocab_size": len(tokenizer), "tie_word_embeddings": False, **tokens}
+    llama_like = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": max_positions,
+    }
+    configs = {
+        "gptj": transformers.GPTJConfig(
+            n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=max_positions
+        ),
+        "gpt-neox": transformers.GPTNeoXConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            rotary_pct=0.25,
+            max_position_embeddings=max_positions,
+        ),
+        "llama": transformers.LlamaConfig(**llama_like),
+        "mistral": transformers.MistralConfig(**llama_like, sliding_window=None),
+        "qwen2": transformers.Qwen2Config(**llama_like),
+    }
+    config = configs[architecture]
+    for key, value in {**common, **overrides}.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config)

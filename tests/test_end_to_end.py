@@ -77,9 +77,9 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
+def new_repo(repo: Path, scale: float, changes: dict, replace: bool = False) -> Path:
+    """A git repo holding the project and sample data generated at `scale`, params.yaml the defaults
+    with `changes`, and its dvc.yaml: a user's checkout."""
     for name in REPO_FILES:
         source, target = ROOT / name, repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,12 +90,17 @@ def repo(tmp_path_factory) -> Path:
     (repo / "data/sources").mkdir(parents=True)
     shutil.copy(ROOT / "data/sources/generate.py", repo / "data/sources/generate.py")
     shutil.copytree(ROOT / "data/sources/generator", repo / "data/sources/generator")
-    run(repo, sys.executable, "data/sources/generate.py", "--scale", "0.08", "--out", "data/sources")
-    write_workspace(repo, TINY)
+    run(repo, sys.executable, "data/sources/generate.py", "--scale", str(scale), "--out", "data/sources")
+    write_workspace(repo, changes, replace)
     run(repo, "git", "init", "-q")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "tiny pipeline")
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return new_repo(tmp_path_factory.mktemp("pipeline"), 0.08, TINY)
 
 
 @pytest.fixture(scope="module")

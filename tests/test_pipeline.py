@@ -87,10 +87,16 @@ def test_sample_eval_does_not_depend_on_compare_release_or_chat():
     assert not deps & {"chatmill/compare.py", "chatmill/release.py", "chatmill/chat.py"}
 
 
-def test_the_base_model_of_a_hub_or_local_model_needs_no_cleaned_data():
+def test_the_base_model_of_a_hub_model_needs_no_cleaned_data():
     stages = rendered(model__base="EleutherAI/gpt-j-6b")
     assert "data/clean" not in stages["base-model"]["deps"]
     assert stages["base-model"]["params"] == ["model.base", "model.revision"]
+
+
+def test_a_local_base_model_folder_is_a_dependency(tmp_path, monkeypatch):
+    (tmp_path / "bases/tiny").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert rendered(model__base="bases/tiny")["base-model"]["deps"][-1] == "${model.base}"
 
 
 def test_mix_by_tokens_depends_on_the_tokenizer():

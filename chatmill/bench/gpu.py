@@ -38,7 +38,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatmill import attention
 from chatmill.bench import train as bench_train  # the CPU benchmark's data and batch builders
-from chatmill.flops import matmul_parameters
+from chatmill.flops import flops_per_token, matmul_parameters
 from chatmill.modeling import train_tokenizer
 from chatmill.params import load_params
 from chatmill.prompt import Encoded, render_text
@@ -179,9 +179,7 @@ def run_way(way: str, batches: list[MicroBatch], args, device: torch.device, ran
     forward_tokens = sum(b.tensors["input_ids"].numel() for b in batches)
     padding = 1 - sum(b.real_tokens for b in batches) / forward_tokens
     peak = peak_tflops(torch.cuda.get_device_name(device), args.peak_tflops) * 1e12
-    palm_flops_per_token = (
-        6 * matmul_parameters(model) + 12 * MODEL["num_hidden_layers"] * MODEL["hidden_size"] * SEQ_LEN
-    )
+    palm_flops_per_token = flops_per_token(model, SEQ_LEN)
     result = {
         "way": way,
         "tokens_per_s_per_gpu": real / seconds / world,
