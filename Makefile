@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lint pipeline docs use bench-data bench-train bench-gpu bench-eval release compare chat
+.PHONY: setup repro test lint pipeline docs use bench-data bench-train bench-gpu bench-eval release compare chat \
+	chat-web rate rate-report
 
 setup: $(STAMP)
 
@@ -52,6 +53,22 @@ compare: setup
 # an assistant); /help lists the commands.
 chat: setup
 	$(BIN)/python -m chatmill.chat $(if $(MODEL),--model $(MODEL)) $(if $(PERSONA),--persona $(PERSONA))
+
+# The same chat as a local web page (Gradio): the persona card, sampling sliders, regenerate, undo and
+# reset, at http://127.0.0.1:7860 (or PORT=N; HOST=0.0.0.0 serves the network).
+chat-web: setup
+	$(BIN)/python -m chatmill.webchat $(if $(MODEL),--model $(MODEL)) $(if $(PERSONA),--persona $(PERSONA)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+# Blind side-by-side rating of two runs (A and B as `make compare` takes them) in the browser, at
+# http://127.0.0.1:7861 (or PORT=N; HOST=0.0.0.0 for testers on the network); judgements go to
+# ratings/A-vs-B.jsonl. `make rate-report` prints the win rate of B over A and writes metrics/ratings.json.
+rate: setup
+	@test -n "$(A)" -a -n "$(B)" || { echo "error: usage: make rate A=EXP_OR_MODEL B=EXP_OR_MODEL"; exit 1; }
+	$(BIN)/python -m chatmill.ratepage $(A) $(B) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+rate-report: setup
+	@test -n "$(A)" -a -n "$(B)" || { echo "error: usage: make rate-report A=EXP_OR_MODEL B=EXP_OR_MODEL"; exit 1; }
+	$(BIN)/python -m chatmill.rating $(A) $(B)
 
 # Push the last trained part (or PART=N) to the Hugging Face Hub: release.repo_id (or REPO=OWNER/NAME),
 # branch release.revision. Needs HF_TOKEN or `hf auth login`, a clean git tree and a clean `dvc status`;

@@ -2,9 +2,11 @@
 (default: the last trained part).
 
 The prompt is the training format (persona header, <START>, "You:" and "{bot}:" turns); a reply ends
-at the end-of-turn token or where the model starts your next "You:" line. Sampling settings change
-while you chat (/temp, /top_p, /top_k, /rep, /max); /regen draws a new reply, /undo takes back the
-last exchange. A persona card is a YAML (or JSON) file:
+at the end-of-turn token or where the model starts your next "You:" line, and is printed as it is
+generated. Sampling settings change while you chat (/temp, /top_p, /top_k, /rep, /max); /regen draws
+a new reply, /undo takes back the last exchange. Lines are edited and recalled (arrow keys) with
+readline; the history is kept in $XDG_STATE_HOME/chatmill/chat_history. The web page
+(chatmill.webchat) is built from the same pieces. A persona card is a YAML (or JSON) file:
 
     bot_name: Aria
     persona: A cheerful tour guide in an old harbour town.
@@ -16,22 +18,30 @@ last exchange. A persona card is a YAML (or JSON) file:
 """
 
 import argparse
-from collections.abc import Callable
+import atexit
+import os
+import readline
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
 
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.generation import (
+    NEXT_USER_TURN,
     Reply,
     Setting,
     device,
+    finish,
     fit_prompt,
-    generate_replies,
     generation_config,
+    left_pad,
     load_model,
     pad_id,
     setting_problem,
@@ -124,12 +134,79 @@ def conversation(card: Card, turns: list[Turn]) -> tuple[Conversation, list[Turn
     return header, context + turns
 
 
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: Chat) -> Reply:
-    """The bot's next reply; the oldest turns are dropped when the context is full."""
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: Chat, context: int) -> list[int]:
+    """The prompt for the bot's next reply, encoded as in training; the oldest turns are dropped when it
+    would leave less than max_new_tokens of the model's `context` for the reply."""
     header, turns = conversation(chat.card, chat.turns)
-    ids = fit_prompt(tokenizer, header, turns, model.config.max_position_embeddings - chat.max_new_tokens)
+    return fit_prompt(tokenizer, header, turns, context - chat.max_new_tokens)
+
+
+def shown(text: str) -> str:
+    """The part of a reply being generated that is sure to stay: up to the user's next turn, without a
+    tail that may turn out to be its start (a newline, "Yo")."""
+    text = text.split(NEXT_USER_TURN, 1)[0]
+    for size in range(len(NEXT_USER_TURN) - 1, 0, -1):
+        if text.endswith(NEXT_USER_TURN[:size]):
+            text = text[:-size]
+            break
+    return text.strip()
+
+
+@dataclass
+class ReplyStream:
+    """A reply while it is generated: iterating gives the text so far (`shown`), growing as the model
+    writes, and last the finished reply's text; `reply` is the finished reply (it waits for the end)."""
+
+    pieces: Iterator[str]  # decoded text as the model writes it
+    result: Callable[[], Reply]
+
+    def __iter__(self) -> Iterator[str]:
+        text = ""
+        for piece in self.pieces:
+            text += piece
+            yield shown(text)
+        yield self.reply.text
+
+    @cached_property
+    def reply(self) -> Reply:
+        return self.result()
+
+
+def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: Chat) -> ReplyStream:
+    """The bot's next reply, generated in a thread and streamed through transformers' streamer; it ends
+    as sample-eval's replies do (chatmill.generation: end-of-turn token, next "You:" line, length)."""
+    ids = prompt_ids(tokenizer, chat, model.config.max_position_embeddings)
     config = generation_config(chat.setting, chat.max_new_tokens, tokenizer.eos_token_id, pad_id(tokenizer))
-    return generate_replies(model, tokenizer, [ids], config, batch_size=1)[0]
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    outcome: dict[str, Any] = {}
+
+    @torch.inference_mode()
+    def generate() -> None:
+        try:
+            input_ids, mask = left_pad([ids], config.pad_token_id)
+            output = model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                generation_config=config,
+                tokenizer=tokenizer,
+                streamer=streamer,
+            )
+            new = output[0, len(ids) :].tolist()
+            outcome["reply"] = finish(tokenizer, new, config.eos_token_id, config.pad_token_id)
+        except BaseException as error:  # re-raised in the caller's thread, by result()
+            outcome["error"] = error
+            streamer.end()  # the reader would otherwise wait forever
+
+    thread = threading.Thread(target=generate, name="chat-reply", daemon=True)
+    thread.start()
+
+    def result() -> Reply:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["reply"]
+
+    return ReplyStream(streamer, result)
 
 
 def describe(chat: Chat) -> str:
@@ -144,6 +221,21 @@ def card_text(card: Card) -> str:
     lines = [f"{card.bot_name}'s Persona: {card.persona}", f"Scenario: {card.scenario}"]
     lines += [f"example: {USER_NAME}: {user} / {card.bot_name}: {bot}" for user, bot in card.examples]
     return "\n".join(lines + ([f"greeting: {card.greeting}"] if card.greeting else []))
+
+
+def drop_reply(turns: list[Turn]) -> bool:
+    """Take back the bot's last reply, to draw a new one; True when there is a message to answer."""
+    if turns and turns[-1]["role"] == "bot":
+        turns.pop()
+    return bool(turns)
+
+
+def undo(turns: list[Turn]) -> list[Turn]:
+    """Take back the last exchange, the bot's reply and the message it answered; returns them."""
+    taken = turns[-1:] if turns and turns[-1]["role"] == "bot" else []
+    if drop_reply(turns):
+        taken.insert(0, turns.pop())
+    return taken
 
 
 def command(chat: Chat, line: str) -> str | None:
@@ -167,13 +259,10 @@ def command(chat: Chat, line: str) -> str | None:
                 return problem
             chat.setting = setting
         return describe(chat)
-    if word in ("/regen", "/undo"):
-        if chat.turns and chat.turns[-1]["role"] == "bot":
-            chat.turns.pop()
-        if word == "/regen":
-            return None if chat.turns else "nothing to regenerate yet"
-        if chat.turns:
-            chat.turns.pop()
+    if word == "/regen":
+        return None if drop_reply(chat.turns) else "nothing to regenerate yet"
+    if word == "/undo":
+        undo(chat.turns)
         return f"(took back your last message; {len(chat.turns) // 2} exchanges left)"
     if word == "/reset":
         chat.turns.clear()
@@ -184,13 +273,27 @@ def command(chat: Chat, line: str) -> str | None:
     return replies.get(word, HELP)
 
 
+def write_stream(stream: ReplyStream, write: Callable[[str], None]) -> Reply:
+    """Write a reply as it grows (each piece once), and return it finished."""
+    written = ""
+    for text in stream:
+        if len(text) > len(written) and text.startswith(written):  # `shown` only grows: a guard
+            write(text[len(written) :])
+            written = text
+    return stream.reply
+
+
 def run(
-    chat: Chat, reply: Callable[[Chat], Reply], read: Callable[[str], str], write: Callable[[str], None]
+    chat: Chat,
+    reply: Callable[[Chat], ReplyStream],
+    read: Callable[[str], str],
+    write: Callable[[str], None],
 ) -> None:
-    """The chat loop: a line is a message to the bot or a /command; Ctrl-D or /quit ends it."""
-    write(f"chatting with {chat.card.bot_name} ({describe(chat)}); /help for commands")
+    """The chat loop: a line is a message to the bot or a /command; Ctrl-D or /quit ends it. `write`
+    writes text as given (no newline added), so that a reply appears while it is generated."""
+    write(f"chatting with {chat.card.bot_name} ({describe(chat)}); /help for commands\n")
     if chat.card.greeting:
-        write(f"{chat.card.bot_name}: {chat.card.greeting}")
+        write(f"{chat.card.bot_name}: {chat.card.greeting}\n")
     while True:
         try:
             line = read(f"{USER_NAME}: ").strip()
@@ -201,40 +304,89 @@ def run(
         if line.startswith("/"):
             message = command(chat, line)
             if message is not None:
-                write(message)
+                write(message + "\n")
                 continue
         elif line:
             chat.turns.append(Turn(role="user", name=USER_NAME, text=line))
         else:
             continue
-        answer = reply(chat)
+        write(f"{chat.card.bot_name}: ")
+        answer = write_stream(reply(chat), write)
         chat.turns.append(Turn(role="bot", name=chat.card.bot_name, text=answer.text))
-        cut = " [cut off: /max raises max_new_tokens]" if answer.stop == "max_tokens" else ""
-        write(f"{chat.card.bot_name}: {answer.text}{cut}")
+        write(" [cut off: /max raises max_new_tokens]\n" if answer.stop == "max_tokens" else "\n")
 
 
-@exit_on_error
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, help="a model folder (default: the last trained part)")
-    parser.add_argument("--persona", type=Path, help="a persona card (default: an assistant)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="reply length limit (default 200)")
-    args = parser.parse_args()
+def history_file() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "chatmill" / "chat_history"
+
+
+def keep_history(path: Path) -> None:
+    """Line editing and the arrow keys' history for input(), from and back to `path`."""
+    try:
+        readline.read_history_file(path)
+    except FileNotFoundError:
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)
+
+    atexit.register(save)
+
+
+def load_chat_model(
+    model: Path | None, persona: Path | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Card]:
+    """The model folder (default: the last trained part), its tokenizer and the persona card (default:
+    an assistant), for the terminal and the web chat."""
     trained = trained_parts()
-    folder = args.model or (model_dir(trained[-1]) if trained else None)
+    folder = model or (model_dir(trained[-1]) if trained else None)
     if folder is None or not (folder / "config.json").is_file():
         raise ChatmillError(
             f"chat: {folder or 'models/'} has no trained model; run `dvc repro` or pass MODEL="
         )
-    card = load_card(args.persona) if args.persona else DEFAULT_CARD
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = load_model(folder, device())
+    card = load_card(persona) if persona else DEFAULT_CARD
+    return load_model(folder, device()), AutoTokenizer.from_pretrained(folder), card
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def chat_arguments(description: str) -> argparse.ArgumentParser:
+    """The options the terminal and the web chat share."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="a model folder (default: the last trained part)")
+    parser.add_argument("--persona", type=Path, help="a persona card (default: an assistant)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=positive,
+        default=200,
+        help="reply length limit (default 200; at most half the context)",
+    )
+    return parser
+
+
+@exit_on_error
+def main() -> None:
+    args = chat_arguments(__doc__).parse_args()
+    model, tokenizer, card = load_chat_model(args.model, args.persona)
     context = model.config.max_position_embeddings
     chat = Chat(card, DEFAULT_SETTING, min(args.max_new_tokens, context // 2))
+    keep_history(history_file())
     try:
-        run(chat, lambda current: generate(model, tokenizer, current), input, print)
+        run(
+            chat,
+            lambda current: stream_reply(model, tokenizer, current),
+            input,
+            lambda text: print(text, end="", flush=True),
+        )
     except KeyboardInterrupt:
         print()
 

@@ -53,18 +53,18 @@ from chatmill.stats import StageStats
 CLEAN_BATCH = 256  # records per task sent to a worker process (about 1 MB of chat logs)
 
 PLACEHOLDERS = re.compile(r"\{\{(char|user)\}\}|<(BOT|USER)>", re.IGNORECASE)
-# Runs of spaces that normalising changes; not every lone " ": re.sub holds a piece per match, and a
-# 10 MB message would cost over ten times its size.
-SPACES = re.compile(
-    r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]{2,}"  # two or more in a row
-    r"|[\t\u00a0\u2000-\u200a\u202f\u205f\u3000]"  # or one that is not " "
-)
-# SPACES matches only where one of these is, or two spaces in a row. Testing first (and only the tab
-# in ASCII text) is 6x faster: SPACES tries a match at every space of the text.
-ODD_SPACE = re.compile(r"[\t\u00a0\u2000-\u200a\u202f\u205f\u3000]")
-BLANK_LINES = re.compile(r"\n{3,}")
+# Line and paragraph separators are line breaks written another way (JavaScript leaves them in JSON).
+LINE_BREAK = re.compile(r"\r\n?|[\u2028\u2029]")
+# No-break and typographic spaces: web editors put them where a space was typed (a double space becomes
+# "\u00a0 "). Each becomes one space, so widths and indentation stay. The ideographic space U+3000 is a
+# full-width character of CJK text, not a stray space: it stays.
+ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f]")
 # Zero-width space, word joiner, BOM and control characters. ZWJ/ZWNJ stay: emoji and scripts need them.
 INVISIBLE = re.compile(r"[\u200b\u2060\ufeff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A Markdown code fence (CommonMark): three or more backticks or tildes, then an info string ("python").
+# Any indentation is taken: chat models indent fences inside list items.
+FENCE_OPEN = re.compile(r"[ \t]*(`{3,}|~{3,})(.*)")
+FENCE_CLOSE = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t]*")
 
 
 def substitute_placeholders(text: str, bot_name: str) -> str:
@@ -79,18 +79,57 @@ def substitute_placeholders(text: str, bot_name: str) -> str:
     return PLACEHOLDERS.sub(name_for, text)
 
 
+def fence_opened(line: str) -> str:
+    """The fence a line opens (its backticks or tildes), or "" when it opens none. A backtick fence's
+    info string holds no backtick: "```x```" on one line is inline code."""
+    match = FENCE_OPEN.match(line)
+    if match is None or (match.group(1)[0] == "`" and "`" in match.group(2)):
+        return ""
+    return match.group(1)
+
+
+def fence_closes(line: str, fence: str) -> bool:
+    """Whether the line closes the block `fence` opened: the same character, at least as many."""
+    match = FENCE_CLOSE.fullmatch(line)
+    return match is not None and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence)
+
+
 def normalize_text(text: str) -> str:
-    """NFC, one newline convention, no invisible control characters, single spaces, at most one
-    blank line in a row, no leading or trailing whitespace on any line."""
+    """NFC, "\n" line breaks, no invisible characters, plain spaces for no-break ones; layout kept.
+
+    Only what carries no meaning goes: whitespace at the end of a line and blank lines at the start
+    and end of the text. Indentation, runs of spaces and blank lines inside the text stay: code,
+    lists, tables and poems are written with them, a prose line cannot be told from them, and
+    near-dup (word shingles) still finds copies that differ only in spacing. Inside a fenced code
+    block only NFC, line breaks and invisible characters change. The first line loses its
+    indentation when no other line outside fenced blocks is indented: then it is a stray space before
+    a chat message (" Hello"), not the start of an indented block."""
     # Invisibles go first: NFC cannot compose across one ("e\u200b\u0301" must end as "\u00e9").
-    text = INVISIBLE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = unicodedata.normalize("NFC", text)
-    if "  " in text or "\t" in text or (not text.isascii() and ODD_SPACE.search(text)):
-        text = SPACES.sub(" ", text)  # over the whole text at once: SPACES never matches a newline
-    if "\n" in text:
-        text = "\n".join([line.strip() for line in text.split("\n")])
-        text = BLANK_LINES.sub("\n\n", text)
-    return text.strip()
+    ascii_only = text.isascii()
+    text = text.replace("\r\n", "\n").replace("\r", "\n") if ascii_only else LINE_BREAK.sub("\n", text)
+    text = unicodedata.normalize("NFC", INVISIBLE.sub("", text))
+    odd_spaces = not ascii_only and ODD_SPACE.search(text) is not None
+    if "\n" not in text:  # the common case: one line, never a code block
+        return (ODD_SPACE.sub(" ", text) if odd_spaces else text).strip()
+    lines = text.split("\n")
+    fence = ""  # the open fence while inside a fenced block
+    fenced = "```" in text or "~~~" in text
+    indented = 0  # lines outside fenced blocks that start with whitespace
+    for number, line in enumerate(lines):
+        if fence:
+            if fence_closes(line, fence):
+                fence = ""
+            continue
+        if odd_spaces:
+            line = ODD_SPACE.sub(" ", line)
+        lines[number] = line = line.rstrip()
+        indented += line[:1].isspace()
+        if fenced:
+            fence = fence_opened(line)
+    first = next((number for number, line in enumerate(lines) if line), len(lines))
+    if indented == 1 and lines[first][:1].isspace():
+        lines[first] = lines[first].lstrip()
+    return "\n".join(lines[first:]).rstrip()
 
 
 def normalize_record(parsed: ParsedRecord) -> ParsedRecord:

@@ -1,5 +1,6 @@
-"""Two runs side by side (`make compare A=... B=...`): the headline metrics of each with the change,
-and reports/compare.html with both runs' samples, prompt by prompt.
+"""Two runs side by side (`make compare A=... B=...`): the metrics of each with the change (all but the
+per-setting numbers within each prompt set), and reports/compare.html with both runs' samples, prompt
+by prompt.
 
     python -m chatmill.compare A B
 
@@ -17,8 +18,9 @@ from typing import Any
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.evaluation import evaluate, report_run, validate_eval
 from chatmill.io import atomic_write_text
-from chatmill.layout import COMPARE_FILE, METRICS_FILE, SAMPLES_FILE
+from chatmill.layout import BREAKDOWN_FILE, COMPARE_FILE, SAMPLES_FILE
 from chatmill.params import load_params
+from chatmill.rating import rating_section
 from chatmill.report import render_report
 
 
@@ -33,15 +35,15 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def headline(name: str) -> bool:
+def in_diff_table(name: str) -> bool:
     """The diff table's rows: everything but the per-setting numbers within each prompt set."""
     return not re.fullmatch(r"prompt_sets\.[^.]+\.settings\..*", name)
 
 
 def diff_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
-    """(metric, value in A, value in B) for every headline metric of either, A's order first."""
+    """(metric, value in A, value in B) for every metric of either in the diff table, A's order first."""
     flat_a, flat_b = flatten(a), flatten(b)
-    names = [name for name in {**flat_a, **flat_b} if headline(name)]
+    names = [name for name in {**flat_a, **flat_b} if in_diff_table(name)]
     return [(name, flat_a.get(name), flat_b.get(name)) for name in names]
 
 
@@ -68,12 +70,14 @@ def is_model_folder(source: str) -> bool:
 
 
 def revision_files(source: str) -> tuple[str, str]:
-    """The text of the metrics and samples files in the workspace, a git revision or a DVC experiment
-    (through the DVC cache)."""
+    """The text of the metrics breakdown and samples files in the workspace, a git revision or a DVC
+    experiment (through the DVC cache)."""
     if source == "workspace":
-        if not METRICS_FILE.is_file() or not SAMPLES_FILE.is_file():
-            raise ChatmillError(f"compare: the workspace has no {METRICS_FILE}; run `dvc repro sample-eval`")
-        return METRICS_FILE.read_text(), SAMPLES_FILE.read_text()
+        if not BREAKDOWN_FILE.is_file() or not SAMPLES_FILE.is_file():
+            raise ChatmillError(
+                f"compare: the workspace has no {BREAKDOWN_FILE}; run `dvc repro sample-eval`"
+            )
+        return BREAKDOWN_FILE.read_text(), SAMPLES_FILE.read_text()
     import dvc.api  # only here: importing DVC takes seconds
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -83,7 +87,7 @@ def revision_files(source: str) -> tuple[str, str]:
     try:
         with Repo(".") as repo:
             rev = resolve_rev(repo.scm, source)
-        return dvc.api.read(str(METRICS_FILE), rev=rev), dvc.api.read(str(SAMPLES_FILE), rev=rev)
+        return dvc.api.read(str(BREAKDOWN_FILE), rev=rev), dvc.api.read(str(SAMPLES_FILE), rev=rev)
     except (DvcException, SCMError, FileNotFoundError) as error:
         raise ChatmillError(
             f"compare: {source} is not a model folder, and its sample-eval results cannot be read as a "
@@ -101,20 +105,24 @@ def read_revision(source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return json.loads(metrics), rows
 
 
+def run_results(source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's sample-eval metrics and samples: a model folder is evaluated here with the eval params of
+    params.yaml; anything else is read as a git revision or DVC experiment. `make rate` reads runs so too."""
+    if is_model_folder(source):
+        print(f"compare: evaluating {source} with the eval params of params.yaml", file=sys.stderr)
+        return evaluate(Path(source), validate_eval(load_params("eval")["eval"]))
+    return read_revision(source)
+
+
 def compare(sources: list[str]) -> None:
-    """Print the metric diff table of two runs and write both side by side to COMPARE_FILE. A model
-    folder is evaluated here with the eval params of params.yaml; anything else is read as a git
-    revision or DVC experiment."""
-    runs = []
-    for source in sources:
-        if is_model_folder(source):
-            print(f"compare: evaluating {source} with the eval params of params.yaml", file=sys.stderr)
-            params = validate_eval(load_params("eval")["eval"])
-            runs.append(report_run(source, *evaluate(Path(source), params)))
-        else:
-            runs.append(report_run(source, *read_revision(source)))
+    """Print the metric diff table of two runs and write both side by side to COMPARE_FILE, with the
+    testers' judgements of the pair when there are some (`make rate`)."""
+    runs = [report_run(source, *run_results(source)) for source in sources]
     print(diff_table(diff_rows(runs[0].metrics, runs[1].metrics), (sources[0], sources[1])))
-    atomic_write_text(COMPARE_FILE, render_report(runs, f"sample-eval: {sources[0]} vs {sources[1]}"))
+    page = render_report(
+        runs, f"sample-eval: {sources[0]} vs {sources[1]}", rating_section(sources[0], sources[1])
+    )
+    atomic_write_text(COMPARE_FILE, page)
     print(f"\nsamples side by side: {COMPARE_FILE}")
 
 

@@ -8,14 +8,16 @@ Three prompt sets, every prompt replied to eval.samples_per_prompt times per set
   zero_shot  requests to an assistant-like character (instructions, recipes, code), on their own;
   few_shot   the same requests after worked examples (eval.prompt_sets, versioned in the repo).
 Metrics (overall, per setting, per prompt set and per set and setting) go to
-metrics/sample-eval.json, the replies to reports/samples.jsonl and a self-contained page with the
-samples side by side, length histograms and the metric table to reports/sample-eval.html.
+reports/sample-eval.json and their headline numbers (chatmill.metrics) to metrics/sample-eval.json,
+the replies to reports/samples.jsonl and a self-contained page with the samples side by side, length
+histograms and the metric table to reports/sample-eval.html.
 """
 
 import heapq
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +42,23 @@ from chatmill.generation import (
     validate_grid,
 )
 from chatmill.io import atomic_write_text, read_parquet, write_json
-from chatmill.layout import CONVERSATIONS, EVAL_SHARD_DIR, METRICS_FILE, REPORT_FILE, SAMPLES_FILE
-from chatmill.metrics import is_short, keyword_recall, rep_n, sample_metrics, setting_mannerisms, words
+from chatmill.layout import (
+    BREAKDOWN_FILE,
+    CONVERSATIONS,
+    EVAL_SHARD_DIR,
+    METRICS_FILE,
+    REPORT_FILE,
+    SAMPLES_FILE,
+)
+from chatmill.metrics import (
+    headline_metrics,
+    is_short,
+    keyword_recall,
+    rep_n,
+    sample_metrics,
+    setting_mannerisms,
+    words,
+)
 from chatmill.params import require
 from chatmill.report import Run, render_report
 from chatmill.schema import USER_NAME, Conversation, Turn, make_conversation
@@ -292,6 +309,15 @@ def evaluate(model_dir: Path, params: dict[str, Any]) -> tuple[dict[str, Any], l
     heldout = heldout_prompts(read_parquet(conversations), params["prompts"])
     if not heldout:
         raise ChatmillError(f"sample-eval: no conversation in {EVAL_SHARD_DIR} has a user turn to reply to")
+    if len(heldout) < params["prompts"]:
+        # The metrics record the number used (prompt_sets.heldout.n_prompts); two runs with different
+        # numbers are not measured alike.
+        print(
+            f"warning: sample-eval: eval.prompts={params['prompts']} but only {len(heldout)} conversations "
+            f"of {EVAL_SHARD_DIR} have a user turn to reply to; using {len(heldout)} held-out prompts "
+            "(a larger shard.eval_fraction holds out more)",
+            file=sys.stderr,
+        )
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_model(model_dir, device())
@@ -307,9 +333,10 @@ def report_run(label: str, metrics: dict[str, Any], samples: list[dict[str, Any]
 
 
 def write_results(label: str, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> None:
-    """The stage's outputs: the samples, the report page and the metrics."""
+    """The stage's outputs: the samples, the report page, every metric and the headline ones."""
     atomic_write_text(SAMPLES_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples))
     atomic_write_text(
         REPORT_FILE, render_report([report_run(label, metrics, samples)], f"sample-eval: {label}")
     )
-    write_json(METRICS_FILE, metrics)
+    write_json(BREAKDOWN_FILE, metrics)
+    write_json(METRICS_FILE, headline_metrics(metrics))

@@ -1,9 +1,12 @@
 """Fetching sources into a raw folder: RAW/NAME/<file name> for every source, plus manifest.json.
 
-A source is a repo-relative path (copied), an http(s):// URL (streamed) or an hf://datasets/... file
-(downloaded through the Hugging Face cache, then copied). Each file is hashed as it is written and
-checked against `sha256` when the source gives one. The raw folder is replaced as a whole and only
-once every source has arrived, so a failed or killed run leaves the previous output as it was.
+A source is a repo-relative path (copied), an http(s):// URL (streamed), an hf://datasets/... file
+(downloaded through the Hugging Face cache, then copied) or a whole Hub dataset: its revision resolved
+to a commit, one split of one config loaded at that commit through the `datasets` library, and its
+rows written as they are to RAW/NAME/SPLIT.parquet (clean parses them as any other file, so a
+malformed row is quarantined with its reason). Each file is hashed as it is written and checked
+against `sha256` when the source gives one. The raw folder is replaced as a whole and only once every
+source has arrived, so a failed or killed run leaves the previous output as it was.
 """
 
 import hashlib
@@ -12,16 +15,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from huggingface_hub import hf_hub_download
+import pyarrow.parquet as pq
+from huggingface_hub import HfApi, hf_hub_download
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from chatmill.errors import ChatmillError
-from chatmill.io import atomic_dir, write_json
-from chatmill.sources import HttpUrl, HubFile, LocalPath, parse_uri
+from chatmill.io import atomic_dir, sha256_file, write_json
+from chatmill.sources import DEFAULT_SPLIT, HttpUrl, HubDataset, HubFile, LocalPath, parse_uri
+
+if TYPE_CHECKING:  # datasets takes a second or two to import: only a Hub dataset source needs it
+    from datasets import Dataset
 
 CHUNK = 1 << 20
+DATASET_BATCH = 10_000  # rows per Arrow batch written from a loaded dataset: memory stays flat
 HTTP_TIMEOUT_S = 60  # per socket operation: a stalled server fails the run instead of hanging it
 
 
@@ -135,14 +143,77 @@ def download_hub(
             revision=location.revision,
         )
     except (OSError, ValueError) as error:
-        # Hub errors span several lines (status, url, request id); keep the one-line contract.
-        message = " ".join(str(error).split())
         raise ChatmillError(
             f"fetch: source '{source}': cannot download {location.path_in_repo} from dataset"
-            f" {location.repo_id} at revision {location.revision}: {message}"
+            f" {location.repo_id} at revision {location.revision}: {one_line(error)}"
         ) from None
     with open(cached, "rb") as reader:
         return write_verified(read_chunks(reader), destination, expected_sha256, source)
+
+
+def one_line(error: BaseException) -> str:
+    """A library's error on one line (Hub errors span several: status, url, request id)."""
+    return " ".join(str(error).split())
+
+
+def resolve_dataset_commit(location: HubDataset, source: str) -> str:
+    """The commit the dataset's revision (a branch, tag or commit) points to now."""
+    try:
+        return HfApi().dataset_info(location.repo_id, revision=location.revision).sha
+    except (OSError, ValueError) as error:  # not found, no access, no connection, offline mode
+        raise ChatmillError(
+            f"fetch: source '{source}': cannot find dataset {location.repo_id} at revision "
+            f"{location.revision}: {one_line(error)}"
+        ) from None
+
+
+def load_dataset_rows(path: str, config: str | None, split: str, revision: str | None = None) -> "Dataset":
+    """One split of one config (None: the dataset's default) of a dataset, as `datasets` loads it:
+    a Hub dataset id (at `revision`), or a local folder laid out as a Hub dataset repo (its data files,
+    and the configs its README.md declares)."""
+    from datasets import load_dataset
+
+    return load_dataset(path, name=config, split=split, revision=revision)
+
+
+def write_dataset_rows(dataset: "Dataset", destination: Path) -> None:
+    """The rows as they are, in Arrow batches, to one parquet file: written under a hidden name and
+    renamed when complete."""
+    temporary = destination.with_name(f".{destination.name}.part")
+    try:
+        with pq.ParquetWriter(temporary, dataset.features.arrow_schema) as writer:
+            for batch in dataset.with_format("arrow").iter(batch_size=DATASET_BATCH):
+                writer.write_table(batch)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    temporary.rename(destination)
+
+
+def fetch_hub_dataset(
+    location: HubDataset, source: dict[str, Any], folder: Path, name: str
+) -> tuple[Path, dict[str, Any]]:
+    """Load one split of a Hub dataset at the commit its revision resolves to now, write its rows to
+    folder/SPLIT.parquet; return the file and what the manifest records of it."""
+    from datasets.exceptions import DatasetsError  # here: importing datasets takes a second or two
+
+    commit = resolve_dataset_commit(location, name)
+    config, split = source.get("config"), source.get("split", DEFAULT_SPLIT)
+    try:
+        dataset = load_dataset_rows(location.repo_id, config, split, commit)
+    except (OSError, ValueError, RuntimeError, DatasetsError) as error:
+        # ValueError: an unknown or missing config or split; DatasetsError: data files missing or
+        # unreadable as their format (the cause says why); RuntimeError: a loading script, which
+        # datasets no longer runs (the Hub's parquet export, @refs%2Fconvert%2Fparquet, can be read).
+        cause = f" ({one_line(error.__cause__)})" if error.__cause__ is not None else ""
+        raise ChatmillError(
+            f"fetch: source '{name}': cannot load split {split} of config {config or '(default)'} of "
+            f"dataset {location.repo_id} at {commit}: {one_line(error)}{cause}; check sources.{name}"
+        ) from None
+    destination = folder / f"{split}.parquet"
+    write_dataset_rows(dataset, destination)
+    entry = {"revision": location.revision, "commit": commit, "config": dataset.config_name}
+    return destination, {**entry, "split": split, "rows": dataset.num_rows}
 
 
 def fetch_source(
@@ -152,20 +223,26 @@ def fetch_source(
     location = parse_uri(source["uri"])
     folder = raw_dir / name
     folder.mkdir()
-    destination = folder / location.file_name
     expected = source.get("sha256")
-    match location:
-        case LocalPath(path):
-            size, sha256 = copy_local(path, destination, expected, name)
-        case HttpUrl(url):
-            size, sha256 = download_url(url, destination, expected, name, progress)
-        case HubFile():
-            size, sha256 = download_hub(location, destination, expected, name)
+    details: dict[str, Any] = {}
+    if isinstance(location, HubDataset):
+        destination, details = fetch_hub_dataset(location, source, folder, name)
+        size, sha256 = destination.stat().st_size, sha256_file(destination)
+    else:
+        destination = folder / location.file_name
+        match location:
+            case LocalPath(path):
+                size, sha256 = copy_local(path, destination, expected, name)
+            case HttpUrl(url):
+                size, sha256 = download_url(url, destination, expected, name, progress)
+            case HubFile():
+                size, sha256 = download_hub(location, destination, expected, name)
     return {
         "uri": source["uri"],
         "file": f"{name}/{destination.name}",
         "bytes": size,
         "sha256": sha256,
+        **details,
     }
 
 

@@ -1,7 +1,12 @@
 """sample-eval's metrics, the logbook's impressions as numbers: one registry (METRICS) that defines
-each metric once, with its direction and help text. The stage computes them from it, the report
-takes its columns and colours from it, and docs/sample-eval.md's table is written from it
-(`make docs`).
+each metric once, with its direction, help text and the groups in which it is a headline number.
+The stage computes them from it, the report takes its columns and colours from it, and
+docs/sample-eval.md's table is written from it (`make docs`).
+
+The stage writes two files: the full breakdown (every metric overall, per setting, per prompt set and
+per setting within each set: reports/sample-eval.json, read by the report and `make compare`) and
+its headline numbers (metrics/sample-eval.json: what DVC shows in `dvc exp show` and `dvc metrics
+diff`, a dozen columns rather than hundreds).
 
 A sample row is one reply with its flags (chatmill.evaluation.sample_row): words, short, rep_4,
 repetitive, stop, acceptable, keyword_recall, and the prompt it answers.
@@ -19,6 +24,7 @@ Row = dict[str, Any]
 REP_N = 4  # rep_4 and cross_rep_4 count repeated word 4-grams
 MANNERISMS = 5  # phrases per setting shown in the report
 LOWER, HIGHER = "lower", "higher"  # which way a metric is better; None: neither (a length, a count)
+OVERALL = "overall"  # the group of all replies; the other headline groups are prompt sets
 WORD = re.compile(r"\w+(?:['’]\w+)*")  # "don't" is one word; "..." is none
 
 
@@ -106,6 +112,11 @@ def regens_to_accept(rows: list[Row]) -> float:
     return sum(counts) / len(counts)
 
 
+def prompt_count(rows: list[Row]) -> int:
+    """The distinct prompts replied to (a prompt is its set and id)."""
+    return len({(row["prompt_set"], row["prompt_id"]) for row in rows})
+
+
 def share(rows: list[Row], test: Callable[[Row], bool]) -> float:
     return sum(map(test, rows)) / len(rows)
 
@@ -135,6 +146,19 @@ class Metric:
     help: str  # one line: the report's column hover text
     definition: str  # the full definition, for docs/sample-eval.md
     value: Callable[[list[Row]], float | int | None]  # of a group of sample rows; None: not measured
+    # The groups (OVERALL or a prompt set) whose value is a headline number: one column each in
+    # `dvc exp show`. Few: the headline with two changed params fits a 160-column terminal.
+    headline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunMetric:
+    """A number of the whole run rather than of a group of replies."""
+
+    name: str
+    better: str
+    definition: str
+    headline: bool
 
 
 METRICS: tuple[Metric, ...] = (
@@ -145,6 +169,7 @@ METRICS: tuple[Metric, ...] = (
         'share of replies of one word at most ("...", "Yes.", "Hm?") or under `eval.short_words` words; '
         "a reply cut off by `eval.max_new_tokens` only counts when it has one word at most",
         lambda rows: share(rows, lambda row: row["short"]),
+        headline=("heldout",),  # the role-play replies: the logbook's "...", "Yes.", "Hm?"
     ),
     Metric(
         "median_words",
@@ -152,6 +177,7 @@ METRICS: tuple[Metric, ...] = (
         "median reply length in words",
         "reply length in words, median (linear interpolation)",
         lambda rows: percentile(rows, 50),
+        headline=(OVERALL,),
     ),
     Metric(
         "p10_words",
@@ -181,6 +207,7 @@ METRICS: tuple[Metric, ...] = (
         "distinct word bigrams / all word bigrams, bigrams taken within each reply, over all the "
         "group's replies",
         lambda rows: distinct_n((row["reply"] for row in rows), 2),
+        headline=(OVERALL,),
     ),
     Metric(
         "rep_4",
@@ -221,6 +248,7 @@ METRICS: tuple[Metric, ...] = (
         "until the first acceptable one, `eval.samples_per_prompt` + 1 when none is; the mean. A lower "
         "bound when many prompts reach the cap: raise `samples_per_prompt`",
         regens_to_accept,
+        headline=(OVERALL,),
     ),
     Metric(
         "keyword_recall",
@@ -231,15 +259,24 @@ METRICS: tuple[Metric, ...] = (
         "hallucination detector",
         mean_keyword_recall,
     ),
+    Metric(
+        "n_prompts",
+        None,
+        "prompts replied to",
+        "prompts replied to; for `heldout`, fewer than `eval.prompts` when the eval shard holds fewer "
+        "conversations with a user turn to reply to (the stage then warns)",
+        prompt_count,
+    ),
     Metric("n_replies", None, "replies measured", "replies measured", len),
 )
-# Of the whole run rather than of a group of replies: (name, better, definition).
 RUN_METRICS = (
-    ("eval_loss", LOWER, "mean loss per supervised token on the eval shard (`data/shards/eval`)"),
-    ("perplexity", LOWER, "exp(eval_loss)"),
+    RunMetric(
+        "eval_loss", LOWER, "mean loss per supervised token on the eval shard (`data/shards/eval`)", True
+    ),
+    RunMetric("perplexity", LOWER, "exp(eval_loss)", False),
 )
 BETTER = {metric.name: metric.better for metric in METRICS} | {
-    name: better for name, better, _ in RUN_METRICS
+    metric.name: metric.better for metric in RUN_METRICS
 }
 
 
@@ -274,15 +311,33 @@ def sample_metrics(samples: list[Row]) -> dict[str, Any]:
     }
 
 
+def headline_metrics(breakdown: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a full breakdown (sample_metrics and the run metrics): the run metrics
+    and the OVERALL ones at the top level, each prompt set's under its name."""
+    headline = {metric.name: breakdown[metric.name] for metric in RUN_METRICS if metric.headline}
+    groups = {OVERALL: breakdown["overall"], **breakdown["prompt_sets"]}
+    for metric in METRICS:
+        for group in metric.headline:
+            value = groups.get(group, {}).get(metric.name)
+            if value is not None:  # a prompt set the run did not have, or a metric it does not measure
+                target = headline if group == OVERALL else headline.setdefault(group, {})
+                target[metric.name] = value
+    return headline
+
+
 def setting_mannerisms(samples: list[Row]) -> dict[str, list[tuple[str, int]]]:
     return {name: mannerisms(rows) for name, rows in group_by(samples, "setting").items()}
 
 
 def docs_table() -> str:
     """The Markdown table of every metric, for docs/sample-eval.md."""
-    lines = ["| metric | better | definition |", "|---|---|---|"]
+    lines = ["| metric | better | headline in | definition |", "|---|---|---|---|"]
     for metric in METRICS:
-        lines.append(f"| `{metric.name}` | {metric.better or '—'} | {metric.definition} |")
-    for name, better, definition in RUN_METRICS:
-        lines.append(f"| `{name}` | {better} | {definition} (top level of the metrics file) |")
+        where = ", ".join(metric.headline) or "—"
+        lines.append(f"| `{metric.name}` | {metric.better or '—'} | {where} | {metric.definition} |")
+    for run_metric in RUN_METRICS:
+        lines.append(
+            f"| `{run_metric.name}` | {run_metric.better} | {'run' if run_metric.headline else '—'} | "
+            f"{run_metric.definition} (of the whole run) |"
+        )
     return "\n".join(lines) + "\n"

@@ -2,12 +2,16 @@
 
 Shares are of conversations or of tokens (mix.by). The mixed set is as large as its input; a
 source above its share is down-sampled, one below it is up-sampled (whole copies first, then a
-seeded subset). Which conversations are taken, and the final order, are pure functions of
-(mix.seed, conversation id). Memory stays flat: per conversation only its source, cost and take
-key are kept (numpy arrays, a few bytes each), and the shuffle goes through hash buckets on disk.
+seeded subset), at most mix.max_repeat copies of each conversation. The share a source cannot fill
+within that cap, or at all when it is empty (mix.on_empty), goes to the other sources in proportion
+to their weights; each such source is one warning line, printed and kept in stats.json. Which
+conversations are taken, and the final order, are pure functions of (mix.seed, conversation id).
+Memory stays flat: per conversation only its source, cost and take key are kept (numpy arrays, a few
+bytes each), and the shuffle goes through hash buckets on disk.
 """
 
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -17,27 +21,66 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from chatmill.errors import ChatmillError
-from chatmill.io import atomic_dir, record_batches, stable_hash, write_json
+from chatmill.io import atomic_dir, read_json, record_batches, stable_hash, write_json
+from chatmill.layout import STATS
 from chatmill.params import require
 from chatmill.prompt import render_text
 from chatmill.schema import CONVERSATION_SCHEMA
 from chatmill.stats import StageStats
 
 MIX_BY = ("conversations", "tokens")
+ON_EMPTY = ("redistribute", "fail")  # what mix.on_empty may ask for a source left with no conversations
 ROWS_PER_BUCKET = 8192  # rows sorted in memory at a time
 READ_BATCH = 2048  # conversations per record batch read from the input
 TOKENIZE_BATCH = 512  # conversations per tokenizer call when mix.by is tokens (its output is bulky)
 ROW_GROUP = 2048  # rows per output row group, as chatmill.io.write_parquet writes them
 
 
-def source_budgets(costs: dict[str, int], weights: dict[str, float], by: str) -> dict[str, float]:
-    """Each source's target size: its weight's share of the total input size."""
-    total_weight = sum(weights.values())
-    total_cost = sum(costs.values())
-    budgets = {name: weights[name] / total_weight * total_cost for name in weights}
-    return {
-        name: float(round(budget)) if by == "conversations" else budget for name, budget in budgets.items()
-    }
+def source_budgets(
+    costs: dict[str, int], weights: dict[str, float], by: str, max_repeat: int
+) -> dict[str, float]:
+    """Each source's target size: its weight's share of the total input size, but at most max_repeat
+    times its own size. What a source cannot fill goes to the others in proportion to their weights,
+    round after round, until all is given or every source with a weight is at its cap. In
+    conversations the budgets are whole and add up to the input's size."""
+    budgets = dict.fromkeys(weights, 0.0)
+    left = float(sum(costs.values()))
+    filling = [name for name in weights if weights[name] > 0]
+    while filling and left > 0:
+        total_weight = sum(weights[name] for name in filling)
+        shares = {name: weights[name] / total_weight * left for name in filling}
+        full = [name for name in filling if shares[name] >= max_repeat * costs[name]]
+        if not full:
+            budgets.update(shares)
+            break
+        for name in full:
+            budgets[name] = float(max_repeat * costs[name])
+            left -= budgets[name]
+        filling = [name for name in filling if name not in full]
+    return whole_budgets(budgets) if by == "conversations" else budgets
+
+
+def whole_budgets(budgets: dict[str, float]) -> dict[str, float]:
+    """Budgets in whole conversations that add up to their rounded sum: the largest remainders (ties
+    by name) are rounded up. Rounding each alone could make the mix larger or smaller than its input."""
+    whole = {name: math.floor(budget) for name, budget in budgets.items()}
+    missing = round(sum(budgets.values())) - sum(whole.values())
+    for name in sorted(budgets, key=lambda name: (whole[name] - budgets[name], name))[:missing]:
+        whole[name] += 1
+    return {name: float(budget) for name, budget in whole.items()}
+
+
+def source_limits(costs: dict[str, int], weights: dict[str, float], max_repeat: int) -> dict[str, str]:
+    """The sources with a weight that cannot fill their share: "empty" (nothing left of them) or
+    "max_repeat" (it would take more copies of each conversation than mix.max_repeat)."""
+    total_weight, total_cost = sum(weights.values()), sum(costs.values())
+    limits = {}
+    for name, weight in weights.items():
+        if weight > 0 and costs[name] == 0:
+            limits[name] = "empty"
+        elif weight / total_weight * total_cost > max_repeat * costs[name]:
+            limits[name] = "max_repeat"
+    return limits
 
 
 def take_key(seed: int, conversation_id: str) -> int:
@@ -154,10 +197,16 @@ def write_shuffled(
 
 
 def composition(
-    weights: dict[str, float], members: dict[str, np.ndarray], costs: np.ndarray, copies: np.ndarray, by: str
+    weights: dict[str, float],
+    members: dict[str, np.ndarray],
+    costs: np.ndarray,
+    copies: np.ndarray,
+    by: str,
+    limits: dict[str, str],
 ) -> dict:
-    """Per source: conversations in, kept, rows (with repeats), size in `by`, target and actual share.
-    `members` holds each source's conversations as a mask over all of them."""
+    """Per source: conversations in, kept, rows (with repeats), size in `by`, target and actual share,
+    repeat factor (its size in the mix over its size in), and what kept it from its share (`limit`:
+    "empty", "max_repeat" or None). `members` holds each source's conversations as a mask over all."""
     total_cost = int((costs * copies).sum()) or 1
     table = {}
     for name in sorted(weights):
@@ -174,16 +223,75 @@ def composition(
             "weight": weights[name],
             "target_share": round(weights[name] / sum(weights.values()), 6),
             "share": round(cost / total_cost, 6),
+            "repeat_factor": round(cost / max(int(costs[members[name]].sum()), 1), 3),
+            "limit": limits.get(name),
         }
     return table
 
 
-def validate_mix(section: dict) -> tuple[str, int]:
+def validate_mix(section: dict) -> dict:
     by = require(section, "by", "mix", str)
-    seed = require(section, "seed", "mix", int)
+    require(section, "seed", "mix", int)
+    max_repeat = require(section, "max_repeat", "mix", int)
+    on_empty = require(section, "on_empty", "mix", str)
     if by not in MIX_BY:
         raise ChatmillError(f"params.yaml: mix.by is {by!r}; use one of {', '.join(MIX_BY)}")
-    return by, seed
+    if max_repeat < 1:
+        raise ChatmillError(
+            f"params.yaml: mix.max_repeat={max_repeat} must be >= 1 (copies of a conversation)"
+        )
+    if on_empty not in ON_EMPTY:
+        raise ChatmillError(f"params.yaml: mix.on_empty is {on_empty!r}; use one of {', '.join(ON_EMPTY)}")
+    return section
+
+
+def emptied_by(name: str, trimmed_stats: Path) -> tuple[str, str]:
+    """What left the source with nothing, from length-trim's stats.json (it lists every source), and
+    what would keep some of it."""
+    counts = read_json(trimmed_stats)["sources"].get(name, {})
+    if counts.get("in"):
+        cause = f"length-trim kept 0 of its {counts['in']} conversations"
+        return cause, f"lower trim.threshold or set sources.{name}.trim: false to keep some, "
+    return "clean kept none of its records; see data/clean/stats.json", ""
+
+
+def empty_source_error(name: str, share: float, trimmed_stats: Path) -> ChatmillError:
+    cause, fix = emptied_by(name, trimmed_stats)
+    return ChatmillError(
+        f"mix: source '{name}' is empty ({cause}); {fix}set sources.{name}.weight: 0 to mix without it, "
+        f"or mix.on_empty: redistribute to give its {share:.1%} share to the others"
+    )
+
+
+def limit_warnings(
+    table: dict,
+    limits: dict[str, str],
+    input_costs: dict[str, int],
+    filled: bool,
+    section: dict,
+    trimmed_stats: Path,
+) -> list[str]:
+    """One line per source that could not fill its share (`table`: the composition; `filled`: whether
+    the other sources took the rest, or the mix is smaller than its input)."""
+    rest = "the rest goes to the other sources by weight" if filled else "no other source can take the rest"
+    total_cost = sum(input_costs.values())
+    warnings = []
+    for name, limit in sorted(limits.items()):
+        asked, given = table[name]["target_share"], table[name]["share"]
+        if limit == "empty":
+            cause = emptied_by(name, trimmed_stats)[0]
+            warnings.append(
+                f"mix: source '{name}' is empty ({cause}): it makes 0.0% of the mix, not {asked:.1%}; {rest} "
+                "(mix.on_empty=redistribute)"
+            )
+        else:
+            needed = asked * total_cost / input_costs[name]
+            warnings.append(
+                f"mix: source '{name}' would be repeated {needed:.1f}x to make its {asked:.1%} share, more "
+                f"than mix.max_repeat={section['max_repeat']}: repeated {table[name]['repeat_factor']:g}x it "
+                f"makes {given:.1%}; {rest}"
+            )
+    return warnings
 
 
 def mix_file(
@@ -191,8 +299,11 @@ def mix_file(
 ) -> dict:
     """The mix stage: in_file's conversations, down- or up-sampled to their source's weight share and
     shuffled, into out_dir (replaced only when complete) with stats.json; the tokenizer of
-    tokenizer_dir counts tokens when mix.by is tokens."""
-    by, seed = validate_mix(section)
+    tokenizer_dir counts tokens when mix.by is tokens. length-trim's stats.json beside in_file says
+    what emptied a source."""
+    section = validate_mix(section)
+    by, seed, max_repeat = section["by"], section["seed"], section["max_repeat"]
+    trimmed_stats = in_file.with_name(STATS)
     tokenizer = None
     if by == "tokens":
         from transformers import AutoTokenizer  # only here: it pulls in torch, ~200 MB of memory
@@ -201,9 +312,18 @@ def mix_file(
 
     source_index, costs, take_keys = measure(in_file, by, tokenizer, list(weights), seed)
     members = {name: source_index == position for position, name in enumerate(weights)}
-    budgets = source_budgets(
-        {name: int(costs[member].sum()) for name, member in members.items()}, weights, by
-    )
+    input_costs = {name: int(costs[member].sum()) for name, member in members.items()}
+    limits = source_limits(input_costs, weights, max_repeat)
+    empty = sorted(name for name, limit in limits.items() if limit == "empty")
+    if empty and section["on_empty"] == "fail":
+        raise empty_source_error(empty[0], weights[empty[0]] / sum(weights.values()), trimmed_stats)
+    budgets = source_budgets(input_costs, weights, by, max_repeat)
+    if sum(budgets.values()) == 0:
+        raise ChatmillError(
+            f"mix: nothing to mix: every source with a weight is empty ({', '.join(empty)}); lower "
+            "trim.threshold, or give a source with conversations a weight (sources.NAME.weight)"
+        )
+    filled = math.isclose(sum(budgets.values()), sum(input_costs.values()))
     copies = np.zeros(len(costs), dtype=np.int64)
     for name, member in members.items():
         copies[member] = copies_per_conversation(take_keys[member], costs[member], budgets[name])
@@ -215,6 +335,10 @@ def mix_file(
         stats.drop(
             "weight_zero" if weights[name] == 0 else "downsampled", name, int(np.count_nonzero(picked == 0))
         )
+    table = composition(weights, members, costs, copies, by, limits)
+    warnings = limit_warnings(table, limits, input_costs, filled, section, trimmed_stats)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     with atomic_dir(out_dir) as out, Progress(transient=True) as progress:
         batches = progress.track(
             record_batches(in_file, batch_size=READ_BATCH),
@@ -223,9 +347,10 @@ def mix_file(
         )
         stats.extra["rows"] = write_shuffled(batches, copies, seed, out / "conversations.parquet", out)
         stats.extra["by"] = by
-        stats.extra["composition"] = composition(weights, members, costs, copies, by)
+        stats.extra["composition"] = table
+        stats.extra["warnings"] = warnings
         summary = stats.to_dict()
         write_json(out / "stats.json", summary)
-    shares = ", ".join(f"{name} {entry['share']:.1%}" for name, entry in stats.extra["composition"].items())
+    shares = ", ".join(f"{name} {entry['share']:.1%}" for name, entry in table.items())
     print(f"mix: {stats.extra['rows']} rows from {stats.records_out} conversations ({shares} of {by})")
     return summary

@@ -25,6 +25,7 @@ import yaml
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.layout import (
     BASE_DIR,
+    BREAKDOWN_FILE,
     CLEAN_DIR,
     EVAL_SHARD_DIR,
     LENGTH_TRIM_PLOT,
@@ -40,7 +41,8 @@ from chatmill.layout import (
     shard_dir,
 )
 from chatmill.params import PARAMS_FILE, PIPELINE_FILE, load_params, require
-from chatmill.sources import LocalPath, parse_uri, validate_sources
+from chatmill.rating import RATINGS_METRICS
+from chatmill.sources import DATASET_KEYS, LocalPath, parse_uri, validate_sources
 from chatmill.training import WEIGHT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: stages/ and chatmill/
@@ -52,11 +54,16 @@ TRAIN_PLOTS = (
     ("train/grad_norm", "Gradient norm (before clipping) across parts"),
     ("train/mfu", "Model FLOPs utilisation across parts"),
 )
+# The python a stage runs with: the project's .venv (`make setup`) when there is one, whatever PATH
+# says, so that `.venv/bin/dvc repro` works without activating .venv (a bare `python` would be the
+# system's, without chatmill); any other python on PATH when there is none.
+PYTHON = "PATH=$PWD/.venv/bin:$PATH python"
 HEADER = """\
 # The pipeline, top to bottom: written from params.yaml by `make pipeline` (chatmill/pipeline.py);
 # do not edit by hand. Each stage is one script in stages/ with the param keys that change its
 # outputs. `dvc repro train-part1` builds what part 1 needs; `dvc exp run -S trim.threshold=150`
-# re-runs length-trim and everything after it.
+# re-runs length-trim and everything after it. Stages run with .venv/bin first on PATH, so
+# `.venv/bin/dvc` works without activating .venv.
 """
 
 
@@ -124,7 +131,13 @@ def data_stages(params: dict[str, Any]) -> list[Stage]:
     ]
     clean_keys = ("max_quarantine_fraction", "pii", "filters", "near_dup")
     return [
-        Stage("fetch", "stages/fetch.py", source_keys(raw_sources, "uri", "sha256"), local, [str(RAW_DIR)]),
+        Stage(
+            "fetch",
+            "stages/fetch.py",
+            source_keys(raw_sources, "uri", "sha256", *DATASET_KEYS),
+            local,
+            [str(RAW_DIR)],
+        ),
         Stage(
             "clean",
             "stages/clean.py",
@@ -150,7 +163,7 @@ def data_stages(params: dict[str, Any]) -> list[Stage]:
         Stage(
             "mix",
             "stages/mix.py",
-            ["mix.by", "mix.seed", *source_keys(raw_sources, "weight")],
+            ["mix.by", "mix.seed", "mix.max_repeat", "mix.on_empty", *source_keys(raw_sources, "weight")],
             [str(TRIMMED_DIR)] + ([str(BASE_DIR)] if by_tokens else []),  # its tokenizer counts tokens
             [str(MIXED_DIR)],
         ),
@@ -164,34 +177,47 @@ def data_stages(params: dict[str, Any]) -> list[Stage]:
     ]
 
 
-def train_stages(parts: int) -> list[Stage]:
+def train_stages(parts: int, adapter: bool) -> list[Stage]:
+    """Part N continues part N-1; with an adapter, part N-1 holds only the adapters, and every part
+    also reads the base model under them."""
     return [
         Stage(
             f"train-part{part}",
             "stages/train.py",
             [f"train.{key}" for key in WEIGHT_KEYS],
-            [str(shard_dir(part)), str(EVAL_SHARD_DIR), str(model_dir(part - 1))],
-            [str(model_dir(part)), str(live_dir(part))],
+            [
+                str(shard_dir(part)),
+                str(EVAL_SHARD_DIR),
+                str(model_dir(part - 1)),
+                *([str(BASE_DIR)] if adapter and part > 1 else []),
+            ],
+            # The DVCLive logs (metrics.json, the per-step plots) in git, as DVC has them: every commit
+            # and experiment shows its curves. Not DVC metrics: 10 parts x 4 numbers would crowd
+            # sample-eval's headline out of `dvc exp show`; `dvc plots show` draws them across parts.
+            [str(model_dir(part)), {str(live_dir(part)): {"cache": False}}],
             args=f" --part {part}",
         )
         for part in range(1, parts + 1)
     ]
 
 
-def eval_stage() -> Stage:
+def eval_stage(adapter: bool) -> Stage:
+    """sample-eval of eval.model; an adapter part is evaluated over the base model it adapts."""
     return Stage(
         "sample-eval",
         "stages/sample_eval.py",
         ["eval"],
-        [str(EVAL_SHARD_DIR), "${eval.model}", "${eval.prompt_sets}"],
-        [str(SAMPLES_FILE), str(REPORT_FILE)],
-        metrics=[str(METRICS_FILE)],
+        [str(EVAL_SHARD_DIR), "${eval.model}", "${eval.prompt_sets}", *([str(BASE_DIR)] if adapter else [])],
+        [str(SAMPLES_FILE), str(REPORT_FILE), str(BREAKDOWN_FILE)],
+        # Only the headline numbers are DVC metrics (every metric would be hundreds of columns in
+        # `dvc exp show`); in git, as DVC has metrics files, so every commit and experiment shows them.
+        metrics=[{str(METRICS_FILE): {"cache": False}}],
     )
 
 
 def stage_entry(stage: Stage) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "cmd": f"python {stage.script}{stage.args}",
+        "cmd": f"{PYTHON} {stage.script}{stage.args}",
         "deps": [*code_dependencies(stage.script), *stage.deps],
     }
     if stage.params:
@@ -231,10 +257,12 @@ def render(params: dict[str, Any]) -> str:
     parts = require(require(params, "train", "params", dict), "parts", "train", int)
     if parts < 1:
         raise ChatmillError(f"params.yaml: train.parts={parts} must be positive")
-    stages = [*data_stages(params), *train_stages(parts), eval_stage()]
+    adapter = params["train"].get("adapter", "none") != "none"
+    stages = [*data_stages(params), *train_stages(parts, adapter), eval_stage(adapter)]
     pipeline = {
         "stages": {stage.name: stage_entry(stage) for stage in stages},
-        "metrics": [f"{live_dir(part)}/metrics.json" for part in range(1, parts + 1)],
+        # The testers' verdicts on pairs of runs (`make rate-report`), in git; no stage writes them.
+        "metrics": [str(RATINGS_METRICS)],
         "plots": plots(parts),
     }
     body = yaml.safe_dump(pipeline, sort_keys=False, width=110, allow_unicode=True)

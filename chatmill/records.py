@@ -7,6 +7,7 @@
 
 A parser takes the decoded JSON value (or parquet row) and returns a ParsedRecord, or raises
 RecordError with the quarantine reason. A new format is one function and one line in FORMATS.
+Every format keeps the record's own `id`, where it has one, as meta `origin_id` (origin_meta).
 """
 
 from collections.abc import Callable
@@ -57,6 +58,16 @@ def _field(record: Any, key: str, kind: type, default: Any = None, where: str = 
     return value
 
 
+def origin_meta(record: dict) -> dict[str, Any]:
+    """The source's own id of the record, as every format keeps it in meta: {"origin_id": id}, from a
+    non-empty string or an integer in the record's `id` field, so that a conversation can be traced
+    back to its source record; {} without one (a value of another type is no id)."""
+    value = record.get("id")
+    if (isinstance(value, str) and value) or (isinstance(value, int) and not isinstance(value, bool)):
+        return {"origin_id": value}
+    return {}
+
+
 def parse_pippa(record: Any) -> ParsedRecord:
     bot_name = _field(record, "bot_name", str)
     turns = []
@@ -67,12 +78,15 @@ def parse_pippa(record: Any) -> ParsedRecord:
         turns.append(
             Turn(role="user" if is_human else "bot", name=USER_NAME if is_human else bot_name, text=text)
         )
+    # PIPPA has no id per conversation; bot_id names the character, whose conversations share it.
     meta = {
         key: record[key]
-        for key in ("bot_definitions", "bot_greeting", "categories", "submission_timestamp")
+        for key in ("bot_id", "bot_definitions", "bot_greeting", "categories", "submission_timestamp")
         if record.get(key) is not None
     }
-    return ParsedRecord(bot_name, _field(record, "bot_description", str, ""), "", turns, meta)
+    return ParsedRecord(
+        bot_name, _field(record, "bot_description", str, ""), "", turns, meta | origin_meta(record)
+    )
 
 
 def _chat_messages(messages: list, role_key: str, text_key: str, roles: dict[str, str], bot_name: str):
@@ -106,8 +120,7 @@ def parse_sharegpt(record: Any) -> ParsedRecord:
     }
     persona, turns = _chat_messages(_field(record, "conversations", list), "from", "value", roles, bot_name)
     persona = _field(record, "persona", str, "") or persona
-    meta = {"origin_id": record["id"]} if isinstance(record.get("id"), (str, int)) else {}
-    return ParsedRecord(bot_name, persona, _field(record, "scenario", str, ""), turns, meta)
+    return ParsedRecord(bot_name, persona, _field(record, "scenario", str, ""), turns, origin_meta(record))
 
 
 def parse_openai(record: Any) -> ParsedRecord:
@@ -115,7 +128,7 @@ def parse_openai(record: Any) -> ParsedRecord:
     persona, turns = _chat_messages(
         _field(record, "messages", list), "role", "content", roles, ASSISTANT_NAME
     )
-    return ParsedRecord(ASSISTANT_NAME, persona, "", turns, {})
+    return ParsedRecord(ASSISTANT_NAME, persona, "", turns, origin_meta(record))
 
 
 def parse_alpaca(record: Any) -> ParsedRecord:
@@ -126,7 +139,7 @@ def parse_alpaca(record: Any) -> ParsedRecord:
         Turn(role="user", name=USER_NAME, text=prompt),
         Turn(role="bot", name=ASSISTANT_NAME, text=_field(record, "output", str)),
     ]
-    return ParsedRecord(ASSISTANT_NAME, ASSISTANT_PERSONA, "", turns, {})
+    return ParsedRecord(ASSISTANT_NAME, ASSISTANT_PERSONA, "", turns, origin_meta(record))
 
 
 FORMATS: dict[str, Callable[[Any], ParsedRecord]] = {

@@ -6,14 +6,17 @@ Not a DVC stage: it publishes what the pipeline made. It builds release/ from mo
 last trained part unless --part): the weights as safetensors in shards of release.max_shard_size,
 the tokenizer with a chat template for the training prompt format, generation_config.json with the
 recommended sampling setting (release.sampling, one of eval.grid) and a model card README.md with
-the data, training, metrics and provenance. Then it pushes that folder to release.repo_id, branch
-release.revision, in one commit. It refuses without a token (HF_TOKEN or `hf auth login`), with
-uncommitted changes, or when `dvc status` says the part is stale; --dry-run only warns, builds
-release/ and prints what would be pushed. The token goes to huggingface_hub and nowhere else.
+the sources it was trained on, the training settings and results apart, the metrics and provenance.
+The card names the run release.experiment, or else the DVC experiment or git branch checked out.
+Then huggingface_hub's upload_folder pushes that folder to release.repo_id, branch release.revision,
+deleting weight files of an earlier push that the new ones replace. It refuses without a token
+(HF_TOKEN or `hf auth login`), with uncommitted changes, or when `dvc status` says the part is stale;
+--dry-run only warns, builds release/ and prints what would be pushed. The token goes to
+huggingface_hub and nowhere else.
 """
 
 import argparse
-import fnmatch
+import dataclasses
 import json
 import re
 import subprocess
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCardData, get_token
+from huggingface_hub import HfApi, ModelCardData, get_token
 from huggingface_hub.errors import HTTPError
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.utils.hub import convert_file_size_to_int
@@ -36,9 +39,10 @@ from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.generation import Setting, validate_grid
 from chatmill.io import atomic_dir, read_json
 from chatmill.layout import (
+    BREAKDOWN_FILE,
     CLEAN_DIR,
-    METRICS_FILE,
     MIXED_DIR,
+    RAW_DIR,
     RELEASE_DIR,
     SHARDS_DIR,
     STATS,
@@ -49,9 +53,10 @@ from chatmill.layout import (
 )
 from chatmill.params import load_params, require
 from chatmill.prompt import chat_template, render_text
-from chatmill.sources import HubFile, parse_uri, validate_sources
+from chatmill.sources import HubDataset, HubFile, parse_uri, validate_sources
 
 LOCK_FILE = Path("dvc.lock")
+MANIFEST_FILE = RAW_DIR / "manifest.json"
 STATS_FILES = {
     "clean": CLEAN_DIR / STATS,
     "trim": TRIMMED_DIR / STATS,
@@ -60,13 +65,13 @@ STATS_FILES = {
 }
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # Weights of an earlier push that would shadow the new ones (transformers prefers model.safetensors
-# to shards): deleted from the branch in the same commit. Other files on the branch are kept.
-STALE_WEIGHTS = (
+# to shards): upload_folder deletes those the new folder does not hold. Other files on the branch stay.
+STALE_WEIGHTS = [
     "*.safetensors",
     "*.safetensors.index.json",
     "pytorch_model*.bin",
     "pytorch_model*.bin.index.json",
-)
+]
 VERSIONS = ("transformers", "torch", "huggingface_hub", "dvc")
 
 
@@ -78,7 +83,7 @@ class ReleaseParams:
     repo_id: str | None
     revision: str
     private: bool
-    experiment: str
+    experiment: str | None  # None: named after the DVC experiment or git branch (experiment_name)
     bot_name: str
     sampling: Setting
     max_shard_size: str
@@ -116,11 +121,12 @@ def validate_release(section: dict[str, Any], grid: list[Setting], repo: str | N
     tags = require(section, "tags", "release", list)
     if not all(isinstance(tag, str) for tag in tags):
         raise ChatmillError(f"params.yaml: release.tags must be a list of strings, got {tags!r}")
+    experiment = require(section, "experiment", "release", (str, type(None)))
     return ReleaseParams(
         repo_id=repo_id,
         revision=_nonempty(section, "revision"),
         private=require(section, "private", "release", bool),
-        experiment=_nonempty(section, "experiment"),
+        experiment=None if experiment is None else _nonempty(section, "experiment"),
         bot_name=_nonempty(section, "bot_name"),
         sampling=settings[sampling],
         max_shard_size=max_shard_size,
@@ -169,14 +175,32 @@ def lineage(lock: dict[str, Any], targets: list[str]) -> list[tuple[str, str, st
     ]
 
 
+def experiment_name(git_commit: str) -> str:
+    """What the checked-out run is called: the DVC experiment whose commit it is (`dvc exp branch`
+    makes such a branch), else the git branch, else the commit."""
+    from dvc.repo import Repo  # only here: importing DVC takes seconds
+    from dvc.repo.experiments.utils import exp_refs
+
+    with Repo(".") as repo:  # the experiments whose commit is this one, not those based on it
+        experiments = sorted(
+            ref.name for ref in exp_refs(repo.scm) if repo.scm.get_ref(str(ref)) == git_commit
+        )
+    if experiments:
+        return experiments[0]
+    branch = git("rev-parse", "--abbrev-ref", "HEAD").strip()
+    return branch if branch != "HEAD" else f"commit {git_commit[:7]}"
+
+
 def commit_message(release: ReleaseParams, part: int, parts: int, git_commit: str) -> str:
     return f"Part {part}/{parts} of {release.experiment}, git {git_commit}"
 
 
 def hub_datasets(sources: dict[str, dict]) -> list[str]:
-    """The Hub data sets among the sources (hf://datasets/OWNER/NAME/...), for the card's metadata."""
+    """The Hub data sets among the sources (hf://datasets/OWNER/NAME...), for the card's metadata."""
     locations = [parse_uri(spec["uri"]) for spec in sources.values()]
-    return list(dict.fromkeys(where.repo_id for where in locations if isinstance(where, HubFile)))
+    return list(
+        dict.fromkeys(where.repo_id for where in locations if isinstance(where, HubFile | HubDataset))
+    )
 
 
 def hub_base_model(base: str) -> str | None:
@@ -326,35 +350,81 @@ def sampling_section(release: ReleaseParams, max_new_tokens: int) -> str:
 """
 
 
-def data_section(params: dict[str, Any], stats: dict[str, dict], part: int) -> str:
+def human_size(size: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def source_origin(spec: dict[str, Any], fetched: dict[str, Any]) -> str:
+    """Where a source came from: its uri, and for a whole Hub dataset what fetch loaded of it."""
+    origin = f"`{spec.get('uri')}`"
+    if "commit" in fetched:
+        loaded = f"config {fetched['config']}, split {fetched['split']}"
+        origin += f" ({loaded}, commit `{fetched['commit'][:12]}`)"
+    return origin
+
+
+def source_size(fetched: dict[str, Any]) -> str | None:
+    if "bytes" not in fetched:
+        return None
+    rows = f", {fetched['rows']:,} rows" if "rows" in fetched else ""
+    return human_size(fetched["bytes"]) + rows
+
+
+def share_text(share: float | None) -> str | None:
+    return None if share is None else f"{share:.1%}"
+
+
+def used_sources(params: dict[str, Any], stats: dict[str, dict]) -> str:
+    """The sources that made it into the mix: name (format, share), for the card's first lines."""
+    composition = stats["mix"].get("composition", {})
+    used = [
+        f"{name} ({spec.get('format')}, {share_text(composition[name]['share'])})"
+        for name, spec in params["sources"].items()
+        if composition.get(name, {}).get("share")
+    ]
+    return ", ".join(used) or "no source"
+
+
+def data_section(params: dict[str, Any], stats: dict[str, dict], manifest: dict[str, dict], part: int) -> str:
     sources, trim = params["sources"], params["trim"]
     clean, trimmed, mixed, shards = stats["clean"], stats["trim"], stats["mix"], stats["shard"]
-    source_rows = [
-        [name, spec.get("format"), f"`{spec.get('uri')}`", spec.get("trim"), spec.get("weight")]
-        for name, spec in sources.items()
-    ]
+    composition = mixed.get("composition", {})
+    source_rows = []
+    for name, spec in sources.items():
+        cleaned = clean.get("sources", {}).get(name, {})
+        mixed_in = composition.get(name, {})
+        source_rows.append(
+            [
+                name,
+                spec.get("format"),
+                source_origin(spec, manifest.get(name, {})),
+                source_size(manifest.get(name, {})),
+                cleaned.get("in"),
+                cleaned.get("out"),
+                trimmed.get("sources", {}).get(name, {}).get("out"),
+                mixed_in.get("rows"),
+                share_text(mixed_in.get("share")),
+                share_text(mixed_in.get("target_share")),
+            ]
+        )
     if trim.get("enabled", True):
         rule = (
             f"Conversations whose median bot reply is at most {trim.get('threshold')} {trim.get('unit')} are "
             f"dropped; the chance of keeping one rises ({trim.get('curve')}) to 1 over the next "
-            f"{trim.get('ramp')} {trim.get('unit')} (seed {trim.get('seed')})."
+            f"{trim.get('ramp')} {trim.get('unit')} (seed {trim.get('seed')}), for the sources with "
+            "length-trim on."
         )
     else:
         rule = "Length-trim was disabled (`trim.enabled: false`): every conversation was kept."
-    trim_rows = [
-        [name, source.get("trimmed"), source.get("in"), source.get("out")]
-        for name, source in trimmed.get("sources", {}).items()
-    ]
-    mix_rows = [
-        [
-            name,
-            share.get("weight"),
-            share.get("target_share"),
-            share.get("share"),
-            share.get("rows"),
-            share.get("repeats"),
-        ]
-        for name, share in mixed.get("composition", {}).items()
+    repeated = [
+        f"{name} {numbers.get('repeat_factor')}x"
+        + (f" (held back: {numbers['limit']})" if numbers.get("limit") else "")
+        for name, numbers in composition.items()
+        if numbers.get("repeat_factor", 1) > 1 or numbers.get("limit")
     ]
     trained = {part_name(k) for k in range(1, part + 1)}
     shard_rows = [
@@ -362,9 +432,23 @@ def data_section(params: dict[str, Any], stats: dict[str, dict], part: int) -> s
         for name, numbers in shards.get("parts", {}).items()
         if name in trained
     ]
+    header = [
+        "source",
+        "format",
+        "from",
+        "size",
+        "records",
+        "kept by cleaning",
+        "after length-trim",
+        "in the mix",
+        "share of the mix",
+        "share asked",
+    ]
     return f"""## Training data
 
-{table(["source", "format", "uri", "length-trim", "weight"], source_rows)}
+{table(header, source_rows)}
+
+"In the mix" counts conversations with repeats; shares are of the mix's {mixed.get("by")}.
 
 **Cleaning**: {clean.get("in")} records in, {clean.get("out")} conversations out; dropped:
 {counts(clean.get("dropped", {}))}; quarantined (malformed): {clean.get("quarantined")}.
@@ -372,12 +456,8 @@ def data_section(params: dict[str, Any], stats: dict[str, dict], part: int) -> s
 **Length-trim** (against replies like "...", "Yes.", "Hm?"): {rule} Kept {trimmed.get("out")} of
 {trimmed.get("in")} conversations (keep rate {trimmed.get("keep_rate")}).
 
-{table(["source", "trimmed", "in", "out"], trim_rows)}
-
-**Mix** (shares counted in {mixed.get("by")}): {mixed.get("out")} conversations; dropped:
-{counts(mixed.get("dropped", {}))}.
-
-{table(["source", "weight", "target share", "share", "conversations", "repeats"], mix_rows)}
+**Mix**: {mixed.get("out")} conversations; dropped: {counts(mixed.get("dropped", {}))}; repeated:
+{", ".join(repeated) or "none"}.
 
 **Shards**: sequences of {shards.get("seq_len")} tokens; loss on the bot replies only. The parts this
 model was trained on:
@@ -388,16 +468,23 @@ model was trained on:
 
 def training_section(params: dict[str, Any], train_state: dict[str, Any]) -> str:
     model, train = params["model"], params["train"]
-    rows = [[f"model.{key}", f"`{model.get(key)}`"] for key in ("base", "revision")]
-    rows += [[f"train.{key}", value] for key, value in train.items()]
-    rows += [[key, value] for key, value in train_state.items()]
+    settings = [[f"model.{key}", f"`{model.get(key)}`"] for key in ("base", "revision")]
+    settings += [[f"train.{key}", value] for key, value in train.items()]
+    # What training measured (train_state.json of the part), apart from what it was told.
+    results = [[key, value] for key, value in train_state.items()]
     return f"""## Training
 
 DeepSpeed (ZeRO stage {train.get("zero_stage")}), effective batch {train.get("global_batch")}, one
 part after another, each continuing the optimizer, learning-rate schedule and global step of the
 one before.
 
-{table(["setting", "value"], rows)}
+Settings (params.yaml):
+
+{table(["setting", "value"], settings)}
+
+Results of this part (`train_state.json`; `lr` is the learning rate at its last step):
+
+{table(["result", "value"], results)}
 """
 
 
@@ -407,43 +494,36 @@ def evaluation_section(
     if metrics is None:
         return f"""## Evaluation
 
-Not evaluated: `{METRICS_FILE}` is for `{eval_params.get("model")}`, not `{model_dir}`. Set
+Not evaluated: `{BREAKDOWN_FILE}` is for `{eval_params.get("model")}`, not `{model_dir}`. Set
 `eval.model: {model_dir}` and run `dvc repro sample-eval` to measure this part.
 """
+    columns = ["short_rate", "median_words", "distinct_2", "regens_to_accept", "n_replies"]
     rows = [
-        [
-            f"`{name}`" + (" (recommended)" if name == release.sampling.name else ""),
-            numbers.get("short_rate"),
-            numbers.get("median_words"),
-            numbers.get("distinct_2"),
-            numbers.get("n_replies"),
-        ]
+        [f"`{name}`" + (" (recommended)" if name == release.sampling.name else "")]
+        + [numbers.get(column) for column in columns]
         for name, numbers in sorted(metrics.get("settings", {}).items())
     ]
-    overall = metrics.get("overall", {})
-    rows.append(
-        [
-            "all settings",
-            overall.get("short_rate"),
-            overall.get("median_words"),
-            overall.get("distinct_2"),
-            overall.get("n_replies"),
-        ]
-    )
+    rows.append(["all settings"] + [metrics.get("overall", {}).get(column) for column in columns])
+    heldout = metrics.get("prompt_sets", {}).get("heldout", {}).get("n_prompts")
     return f"""## Evaluation
 
 sample-eval: replies sampled from this model for every setting of the grid (up to
 {eval_params.get("max_new_tokens")} new tokens each), among them replies to the last user turn of
-{eval_params.get("prompts")} held-out conversations. Held-out loss {metrics.get("eval_loss")} per
-supervised token (perplexity {metrics.get("perplexity")}). `short_rate` is the share of replies under
+{heldout} held-out conversations. Held-out loss {metrics.get("eval_loss")} per supervised token
+(perplexity {metrics.get("perplexity")}). `short_rate` is the share of replies under
 {eval_params.get("short_words")} words or of one word at most ("...", "Yes.", "Hm?"); `distinct_2` the
-share of distinct word bigrams.
+share of distinct word bigrams; `regens_to_accept` the samples drawn until an acceptable reply.
 
-{table(["setting", "short_rate", "median_words", "distinct_2", "replies"], rows)}
+{table(["setting", *columns], rows)}
 """
 
 
-def limitations_section(release: ReleaseParams, part: int, parts: int) -> str:
+def limitations_section(release: ReleaseParams, part: int, parts: int, sources: str, pii: dict) -> str:
+    scrubbed = (
+        f"cleaning replaced {', '.join(pii.get('types', []))} with placeholders"
+        if pii.get("enabled")
+        else "scrubbing was off: `clean.pii.enabled: false`"
+    )
     unfinished = (
         f"\n- Part {part} of {parts}: an intermediate checkpoint, trained on {part}/{parts} of the data."
         if part < parts
@@ -451,12 +531,10 @@ def limitations_section(release: ReleaseParams, part: int, parts: int) -> str:
     )
     return f"""## Limitations
 
-- A role-play model trained on community chat logs: it writes fiction, in character. It can produce
-  offensive, sexual or false content; do not rely on it for facts, advice or anything safety-critical.
-- The logs were contributed by the community and may contain personal data that cleaning missed.
-- Instruction following is a side skill: zero-shot requests often need several regenerations,
-  few-shot prompts (worked examples earlier in the conversation) do better, and long complete
-  answers (recipes, working code) are prone to hallucination.
+- It writes as the conversations it was trained on do ({sources}): it can produce offensive, sexual
+  or false content; do not rely on it for facts, advice or anything safety-critical.
+- Chat data may hold personal data that cleaning missed ({scrubbed}).
+- How often its replies come out short or need regenerating, per sampling setting: see Evaluation.
 - It can latch onto a mannerism and repeat it; the recommended setting uses repetition_penalty
   {release.sampling.repetition_penalty}.{unfinished}
 """
@@ -491,6 +569,7 @@ def model_card(
     part: int,
     params: dict[str, Any],
     stats: dict[str, dict],
+    manifest: dict[str, dict],
     train_state: dict[str, Any],
     metrics: dict[str, Any] | None,
     git_commit: str,
@@ -503,17 +582,18 @@ def model_card(
     folder = model_dir(part)
     base = params["model"]["base"]
     origin = "trained from scratch" if base == "scratch" else f"fine-tuned from `{base}`"
+    sources = used_sources(params, stats)
     sections = [
         f"---\n{card_metadata(release, params)}\n---\n\n# {name}\n\n"
-        f"**{release.experiment}, part {part}/{parts}**: a conversational (role-play) model {origin} "
-        "by chatmill on community chat logs and instruction data.\n",
+        f"**{release.experiment}, part {part}/{parts}**: a conversational model {origin} by chatmill "
+        f"on {sources}.\n",
         usage_section(release),
         prompt_section(release.bot_name, eos_token),
         sampling_section(release, params["eval"]["max_new_tokens"]),
-        data_section(params, stats, part),
+        data_section(params, stats, manifest, part),
         training_section(params, train_state),
         evaluation_section(metrics, params["eval"], release, folder),
-        limitations_section(release, part, parts),
+        limitations_section(release, part, parts, sources, params.get("clean", {}).get("pii", {})),
         provenance_section(params, git_commit, dirty, hashes),
     ]
     return "\n".join(sections)
@@ -571,24 +651,21 @@ def refusals(token: str | None, repo_id: str | None, dirty: list[str], targets: 
         )
 
 
-def push(api: HfApi, folder: Path, files: list[Path], release: ReleaseParams, message: str) -> str:
-    """Create the repo and branch if missing, set the visibility, commit the folder; return the URL."""
+def push(api: HfApi, folder: Path, release: ReleaseParams, message: str) -> str:
+    """Create the repo and branch if missing, set the visibility, upload the folder; return the URL of
+    the commit. Weight files already on the branch that the folder does not hold are deleted with it."""
     repo_id, revision = release.repo_id, release.revision
     api.create_repo(repo_id, private=release.private, exist_ok=True)
     api.update_repo_settings(repo_id, private=release.private)
     if revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    local = {path.as_posix() for path in files}
-    stale = [
-        path
-        for path in api.list_repo_files(repo_id, revision=revision)
-        if path not in local and any(fnmatch.fnmatch(Path(path).name, pattern) for pattern in STALE_WEIGHTS)
-    ]
-    operations = [CommitOperationDelete(path_in_repo=path) for path in stale]
-    operations += [
-        CommitOperationAdd(path_in_repo=path.as_posix(), path_or_fileobj=folder / path) for path in files
-    ]
-    commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        revision=revision,
+        commit_message=message,
+        delete_patterns=STALE_WEIGHTS,
+    )
     return commit.commit_url
 
 
@@ -636,6 +713,8 @@ def main() -> None:
 
     token = get_token()
     git_commit, dirty = git_state()
+    if release.experiment is None:
+        release = dataclasses.replace(release, experiment=experiment_name(git_commit))
     problems = refusals(token, release.repo_id, dirty, targets)
     if args.dry_run:
         for problem in problems:
@@ -643,7 +722,7 @@ def main() -> None:
     elif problem := next(problems, None):
         raise ChatmillError(f"release: {problem}")
 
-    for path in [*STATS_FILES.values(), LOCK_FILE] + ([METRICS_FILE] if evaluated else []):
+    for path in [*STATS_FILES.values(), MANIFEST_FILE, LOCK_FILE] + ([BREAKDOWN_FILE] if evaluated else []):
         if not path.is_file():
             raise ChatmillError(f"release: {path} not found; run `make repro` (or `dvc pull`)")
     disable_progress_bar()  # transformers' bars for loading and saving: seconds, and noise in the log
@@ -653,8 +732,9 @@ def main() -> None:
         part,
         params,
         {name: read_json(path) for name, path in STATS_FILES.items()},
+        read_json(MANIFEST_FILE),
         read_json(folder / "train_state.json"),
-        read_json(METRICS_FILE) if evaluated else None,
+        read_json(BREAKDOWN_FILE) if evaluated else None,
         git_commit,
         bool(dirty),
         lineage(yaml.safe_load(LOCK_FILE.read_text()), targets),
@@ -670,7 +750,7 @@ def main() -> None:
         return
     print(f"release: pushing {RELEASE_DIR}/ ({folder}) to {where}")
     try:
-        url = push(HfApi(token=token), RELEASE_DIR, files, release, message)
+        url = push(HfApi(token=token), RELEASE_DIR, release, message)
     except (OSError, HTTPError, ValueError) as error:  # HTTP errors, no connection, offline mode
         raise ChatmillError(push_error(error, release.repo_id)) from None
     print(f"release: {message}: {url}")

@@ -248,8 +248,9 @@ def samples_section(runs: list[Run]) -> str:
     return "\n".join(parts)
 
 
-def render_report(runs: list[Run], title: str) -> str:
-    """The whole page for one run, or two runs compared (A first)."""
+def render_report(runs: list[Run], title: str, ratings: str = "") -> str:
+    """The whole page for one run, or two runs compared (A first); `ratings`: the testers' judgements
+    of the two (chatmill.rating's section), shown after the metric table."""
     legend = "".join(
         f'<span style="background:{COLOURS[index]}">{esc(run.label)}</span> '
         for index, run in enumerate(runs)
@@ -268,6 +269,7 @@ def render_report(runs: list[Run], title: str) -> str:
 <h2 id="metrics">Metrics</h2>
 <p>Hover a column name for its definition (docs/sample-eval.md has them all).</p>
 {metric_table(runs)}
+{ratings}
 <h2 id="lengths">Reply length (words)</h2>
 {histograms(runs)}
 <h2 id="mannerisms">Phrases repeated across replies to different prompts</h2>

@@ -2,8 +2,12 @@
 
     sources:
       NAME: {uri, format, sha256 (optional), trim, weight}
+      NAME: {uri: hf://datasets/OWNER/NAME[@REV], config (optional), split (optional), format, trim, weight}
 
-A uri is a repo-relative path, an http(s):// URL, or hf://datasets/OWNER/NAME[@REV]/PATH.
+A uri is a repo-relative path, an http(s):// URL, one file of a Hub dataset
+(hf://datasets/OWNER/NAME[@REV]/PATH), or a whole Hub dataset (hf://datasets/OWNER/NAME[@REV]): one
+split of one config of it, as the `datasets` library loads it. @REV is a branch, tag or commit, as in
+huggingface_hub's hf:// paths; fetch records the commit it resolved to.
 """
 
 import math
@@ -16,12 +20,17 @@ from urllib.parse import unquote, urlsplit
 from chatmill.errors import ChatmillError
 from chatmill.params import require
 
-KEYS = ("uri", "format", "sha256", "trim", "weight")
+KEYS = ("uri", "format", "sha256", "trim", "weight", "config", "split")
+DATASET_KEYS = ("config", "split")  # which rows of a whole Hub dataset; no meaning for one file
+DEFAULT_SPLIT = "train"  # the split a whole Hub dataset is read from unless `split` says otherwise
 # Names become folders under data/raw/, next to manifest.json: no dots, no slashes.
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-HUB_DATASET = re.compile(r"hf://datasets/(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?/(?P<path>.+)")
-URI_FORMS = "a repo-relative path, an http(s):// URL or hf://datasets/OWNER/NAME[@REV]/PATH"
+HUB_DATASET = re.compile(
+    r"hf://datasets/(?P<repo_id>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?(?:/(?P<path>.+))?"
+)
+HUB_FORMS = "hf://datasets/OWNER/NAME[@REV] (a whole dataset) or hf://datasets/OWNER/NAME[@REV]/PATH (a file)"
+URI_FORMS = f"a repo-relative path, an http(s):// URL, {HUB_FORMS}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,15 @@ class HubFile:
         return PurePosixPath(self.path_in_repo).name
 
 
-Location = LocalPath | HttpUrl | HubFile
+@dataclass(frozen=True)
+class HubDataset:
+    """A whole dataset repo: fetch loads one split of one config of it through `datasets`."""
+
+    repo_id: str
+    revision: str
+
+
+Location = LocalPath | HttpUrl | HubFile | HubDataset
 
 
 def parse_uri(uri: str) -> Location:
@@ -66,9 +83,11 @@ def parse_uri(uri: str) -> Location:
     elif scheme == "hf":
         match = HUB_DATASET.fullmatch(uri)
         if match is None:
-            raise ValueError(f"{uri!r} is not of the form hf://datasets/OWNER/NAME[@REV]/PATH")
+            raise ValueError(f"{uri!r} is not of the form {HUB_FORMS}")
         # A revision such as refs/pr/1 is written percent-encoded (refs%2Fpr%2F1), as huggingface_hub does.
         revision = unquote(match["revision"] or "main")
+        if match["path"] is None:
+            return HubDataset(match["repo_id"], revision)
         location = HubFile(match["repo_id"], revision, match["path"])
     else:
         raise ValueError(f"{uri!r} has unsupported scheme '{scheme}'; use {URI_FORMS}")
@@ -113,11 +132,25 @@ def _validate_source(name: str, source: Any, needed: tuple[str, ...]) -> dict[st
         raise ChatmillError(f"params.yaml: {where} has unknown key(s) {names}; known: {', '.join(KEYS)}")
     for key in needed:
         require(source, key, where)
+    location = None
     if "uri" in source:
         try:
-            parse_uri(require(source, "uri", where, str))
+            location = parse_uri(require(source, "uri", where, str))
         except ValueError as error:
             raise ChatmillError(f"params.yaml: {where}.uri {error}") from None
+    for key in DATASET_KEYS:
+        if key not in source:
+            continue
+        if location is not None and not isinstance(location, HubDataset):
+            raise ChatmillError(
+                f"params.yaml: {where}.{key} applies to a whole Hub dataset only "
+                "(uri hf://datasets/OWNER/NAME[@REV]); remove it, or point uri at the dataset"
+            )
+        value = source[key]
+        if not isinstance(value, str) or not value.strip():
+            raise ChatmillError(
+                f"params.yaml: {where}.{key} must be the name of a dataset {key}, got {value!r}"
+            )
     if "format" in source:
         # Which formats exist is chatmill.records' to say (clean checks it): fetch needs no parser.
         require(source, "format", where, str)
@@ -134,6 +167,12 @@ def _validate_source(name: str, source: Any, needed: tuple[str, ...]) -> dict[st
         ):
             raise ChatmillError(f"params.yaml: {where}.weight must be a number >= 0, got {weight!r}")
     sha256 = source.get("sha256")
+    if sha256 is not None and isinstance(location, HubDataset):
+        # The rows fetch writes are no file of the repo: a commit is what pins a dataset.
+        raise ChatmillError(
+            f"params.yaml: {where}.sha256 checks one file; pin a whole dataset by a commit in its uri "
+            "instead (hf://datasets/OWNER/NAME@COMMIT; data/raw/manifest.json records the commit fetched)"
+        )
     if sha256 is not None and not (isinstance(sha256, str) and SHA256.fullmatch(sha256)):
         raise ChatmillError(f"params.yaml: {where}.sha256 must be 64 hex characters, got {sha256!r}")
     return {**source, "sha256": sha256.lower() if sha256 else None}

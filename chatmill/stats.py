@@ -3,6 +3,7 @@ quarantined, and each is counted per source. The totals reconcile by constructio
 in == out + sum(dropped) + quarantined, so a stage cannot lose a record without a reason."""
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 NO_SOURCE = ""  # for stages whose records are not told apart by source (shard)
@@ -20,6 +21,12 @@ class StageStats:
             counts = self.sources.setdefault(source, Counter())
             counts["in"] += count
             counts[outcome] += count
+
+    def add_sources(self, names: Iterable[str]) -> None:
+        """Sources the table lists even when none of their records come in: a source emptied by an
+        earlier stage shows as `in: 0, out: 0`, not as a missing line."""
+        for name in names:
+            self.sources.setdefault(name, Counter())
 
     def keep(self, source: str = NO_SOURCE, count: int = 1) -> None:
         self._count(source, "out", count)
@@ -55,13 +62,14 @@ class StageStats:
         return dict(sorted(reasons.items()))
 
     def source_table(self, outcomes: tuple[str, ...] | None = None) -> dict[str, dict[str, int]]:
-        """Per source (by name), its counts: in, out, quarantined and dropped_REASON, those that are
-        not zero, or only the named `outcomes`."""
-        return {
-            name: {key: n for key, n in sorted(counts.items()) if outcomes is None or key in outcomes}
-            for name, counts in sorted(self.sources.items())
-            if name != NO_SOURCE
-        }
+        """Per source (by name), its counts: in and out (zero too), quarantined and dropped_REASON
+        where not zero; or exactly the named `outcomes`, zero too."""
+
+        def row(counts: Counter) -> dict[str, int]:
+            keys = outcomes if outcomes is not None else {"in", "out", *counts}
+            return {key: counts[key] for key in sorted(keys)}
+
+        return {name: row(counts) for name, counts in sorted(self.sources.items()) if name != NO_SOURCE}
 
     def to_dict(self) -> dict[str, Any]:
         """stats.json: the totals, then what the stage adds."""

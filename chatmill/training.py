@@ -20,7 +20,7 @@ import json
 import os
 import random
 import shutil
-import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -34,8 +34,17 @@ from chatmill.attention import VARLEN, check_packing, document_starts, use_packe
 from chatmill.errors import ChatmillError
 from chatmill.flops import flops_per_token, mfu
 from chatmill.io import read_json, remove, stable_hash, write_json
-from chatmill.layout import CHECKPOINTS_DIR, EVAL_SHARD_DIR, live_dir, model_dir, part_name, shard_dir
+from chatmill.layout import (
+    BASE_DIR,
+    CHECKPOINTS_DIR,
+    EVAL_SHARD_DIR,
+    live_dir,
+    model_dir,
+    part_name,
+    shard_dir,
+)
 from chatmill.params import require
+from chatmill.ranks import cpu_threads
 from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard
 
 if TYPE_CHECKING:  # deepspeed takes seconds to import: setup_part imports it
@@ -57,10 +66,15 @@ WEIGHT_KEYS = (
     "zero_stage",
     "bf16",
     "seed",
+    "adapter",
+    "lora",
 )
+ADAPTERS = ("none", "lora", "qlora")
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 # The ones that change where and how fast it trains, or what it logs: read, not declared.
 SETTING_KEYS = (
     "gpus",
+    "cpu_ranks",
     "hostfile",
     "save_every",
     "gradient_checkpointing",
@@ -91,7 +105,8 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> 
     return global_batch // per_step
 
 
-def deepspeed_config(train: dict, accumulation: int) -> dict:
+def deepspeed_config(train: dict, accumulation: int, universal: bool = False) -> dict:
+    """The engine's config; `universal`: the state to load is in DeepSpeed's universal format."""
     return {
         "train_batch_size": train["global_batch"],
         "train_micro_batch_size_per_gpu": train["micro_batch"],
@@ -100,21 +115,8 @@ def deepspeed_config(train: dict, accumulation: int) -> dict:
         "bf16": {"enabled": train["bf16"]},
         "zero_optimization": {"stage": train["zero_stage"]},
         "steps_per_print": 2**31 - 1,  # progress is ours to report
+        **({"checkpoint": {"load_universal": True}} if universal else {}),
     }
-
-
-def launch_command(train: dict, part: int, script: Path) -> list[str] | None:
-    """The DeepSpeed launcher command for several GPUs or nodes; None to run in this process.
-    The launched ranks find LOCAL_RANK in their environment (--no_local_rank: no extra argument)."""
-    gpus, hostfile = train["gpus"], train["hostfile"]
-    if os.environ.get("LOCAL_RANK") is not None or (gpus <= 1 and not hostfile):
-        return None
-    command = ["deepspeed", "--no_local_rank"]
-    if hostfile:
-        command += ["--hostfile", str(hostfile)]
-    if gpus:
-        command += ["--num_gpus", str(gpus)]
-    return command + [str(script), "--part", str(part)]
 
 
 def validate_train(train: dict) -> dict:
@@ -130,6 +132,7 @@ def validate_train(train: dict) -> dict:
         ("bf16", bool),
         ("seed", int),
         ("gpus", int),
+        ("cpu_ranks", int),
         ("save_every", int),
         ("gradient_checkpointing", bool),
         ("compile", bool),
@@ -137,13 +140,49 @@ def validate_train(train: dict) -> dict:
         ("peak_tflops", float),
     ):
         value = require(train, key, "train", (int, float) if kind is float else kind)
-        positive = key in ("parts", "global_batch", "micro_batch", "peak_tflops")
+        positive = key in ("parts", "global_batch", "micro_batch", "cpu_ranks", "peak_tflops")
         if value < 0 or (positive and value == 0):
             raise ChatmillError(f"params.yaml: train.{key}={value} must be positive")
+    if train["gpus"] and train["cpu_ranks"] > 1:
+        raise ChatmillError(
+            f"params.yaml: train.cpu_ranks={train['cpu_ranks']} is for a machine without GPUs, but "
+            f"train.gpus={train['gpus']}; set train.cpu_ranks: 1 (train.gpus says how many GPUs)"
+        )
     if train["zero_stage"] not in (0, 1, 2, 3):
         raise ChatmillError(f"params.yaml: train.zero_stage={train['zero_stage']}; use 0, 1, 2 or 3")
     require(train, "hostfile", "train")
+    validate_adapter(train)
     return train
+
+
+def validate_adapter(train: dict) -> None:
+    """train.adapter and, for an adapter, train.lora: each value checked, one line per fault."""
+    adapter = require(train, "adapter", "train", str)
+    if adapter not in ADAPTERS:
+        raise ChatmillError(f"params.yaml: train.adapter is {adapter!r}; use one of {', '.join(ADAPTERS)}")
+    if adapter == "qlora" and not train["gpus"]:
+        raise ChatmillError(
+            "params.yaml: train.adapter: qlora loads the base in 4 bits through bitsandbytes, on CUDA GPUs "
+            "only; with train.gpus: 0 use train.adapter: lora"
+        )
+    lora = require(train, "lora", "train", dict)
+    unknown = sorted(set(lora) - set(LORA_KEYS))
+    if unknown:
+        raise ChatmillError(
+            f"params.yaml: train.lora has unknown {', '.join(unknown)}; known: {', '.join(LORA_KEYS)}"
+        )
+    if require(lora, "r", "train.lora", int) < 1:
+        raise ChatmillError(f"params.yaml: train.lora.r={lora['r']} must be >= 1")
+    if require(lora, "alpha", "train.lora", (int, float)) <= 0:
+        raise ChatmillError(f"params.yaml: train.lora.alpha={lora['alpha']} must be positive")
+    if not 0 <= require(lora, "dropout", "train.lora", (int, float)) < 1:
+        raise ChatmillError(f"params.yaml: train.lora.dropout={lora['dropout']} must be in [0, 1)")
+    modules = require(lora, "target_modules", "train.lora", (str, list))
+    if isinstance(modules, list) and (not modules or not all(isinstance(name, str) for name in modules)):
+        raise ChatmillError(
+            "params.yaml: train.lora.target_modules must be all-linear or a list of module names, "
+            f"got {modules!r}"
+        )
 
 
 def micro_batches(
@@ -220,6 +259,31 @@ def newest_checkpoint(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def saved_world_size(folder: Path) -> int:
+    """The data-parallel world size a DeepSpeed checkpoint was written at: one optimizer shard per
+    rank under ZeRO (one file without it)."""
+    return max(1, len(list(folder.glob("zero_pp_rank_*_optim_states.pt"))))
+
+
+def universal_checkpoint(source: Path, target: Path, rank: int) -> None:
+    """Convert a DeepSpeed checkpoint written at one world size into DeepSpeed's universal format,
+    which loads at any other (weights, fp32 master weights, Adam's moments, step): rank 0 converts,
+    the others wait."""
+    import deepspeed.comm as dist
+    from deepspeed.checkpoint import ds_to_universal
+
+    if rank == 0:
+        remove(target)
+        options = ["--input_folder", str(source), "--output_folder", str(target), "--inject_missing_state"]
+        options += ["--num_extract_workers", "1", "--num_merge_workers", "1"]
+        argv, sys.argv = sys.argv, ["ds_to_universal", *options]
+        try:
+            ds_to_universal.main(ds_to_universal.parse_arguments())
+        finally:
+            sys.argv = argv
+    dist.barrier()
+
+
 def rng_state(device: torch.device) -> dict:
     numpy_name, numpy_key, *numpy_rest = np.random.get_state()
     state = {
@@ -242,7 +306,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def save_checkpoint(
-    engine: "DeepSpeedEngine", root: Path, state: ResumeState, live_dir: Path, rank: int
+    engine: "DeepSpeedEngine", root: Path, state: ResumeState, live_dir: Path, rank: int, frozen: bool
 ) -> None:
     """All ranks write into root/.step-SSSSSS.tmp (DeepSpeed's files, their RNG state); rank 0 adds
     the resume state and the DVCLive logs, then renames it to step-SSSSSS and drops older ones."""
@@ -258,30 +322,14 @@ def save_checkpoint(
     if rank == 0:
         write_json(partial / "state.json", asdict(state))
         shutil.copytree(live_dir, partial / "dvclive")
-    engine.save_checkpoint(str(root), tag=partial.name, save_latest=False)  # ends with a barrier
+    # ends with a barrier; an adapter's frozen base stays out (it is models/base)
+    engine.save_checkpoint(str(root), tag=partial.name, save_latest=False, exclude_frozen_parameters=frozen)
     if rank == 0:
         remove(root / name)  # only ever a stale one (other params or inputs): a run never saves its start
         partial.rename(root / name)
         for older in root.glob("*step-*"):
             if older.name != name:
                 remove(older)
-
-
-def single_process_environment(gpus: int) -> None:
-    """One process (train.gpus 0 or 1, no hostfile): torch.distributed still needs a rendezvous.
-    train.gpus 0 trains on the CPU, through DeepSpeed's CPU accelerator, even where a GPU exists."""
-    if "LOCAL_RANK" in os.environ:
-        return
-    if gpus and not torch.cuda.is_available():
-        raise ChatmillError(f"params.yaml: train.gpus={gpus} but no GPU is visible; use train.gpus: 0")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(
-        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    if gpus == 0:
-        os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 @torch.no_grad()
@@ -333,16 +381,112 @@ class Part:
     flops: int  # model FLOPs per token, for MFU
     fingerprint: str
     previous: Path  # the model this part continues: models/base or models/part-(N-1)
+    checkpoint: Path | None  # a killed run's checkpoint to continue from
+    reshard: bool  # part N-1 ran at another world size: its state loads through the universal format
+
+    @property
+    def adapter(self) -> bool:
+        """Only adapters train: the frozen base is models/base, not part of the part's state."""
+        return self.train["adapter"] != "none"
 
     @property
     def checkpoints(self) -> Path:
         return CHECKPOINTS_DIR / part_name(self.number)
 
 
+def base_load_options(adapter: str) -> dict:
+    """How models/base is loaded under an adapter: in fp32 (DeepSpeed casts to bf16 when asked), or
+    for qlora in 4-bit NF4 with bf16 compute, frozen."""
+    if adapter != "qlora":
+        return {"dtype": torch.float32}
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise ChatmillError(
+            "train.adapter: qlora needs bitsandbytes: pip install -e '.[qlora]' on a CUDA machine"
+        ) from None
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
+    return {"quantization_config": quantization, "dtype": torch.bfloat16}
+
+
+def with_adapter(model: torch.nn.Module, number: int, previous: Path, train: dict) -> torch.nn.Module:
+    """The base model with LoRA adapters (peft) that alone are trained: part N-1's, or for part 1
+    new ones from train.lora (seeded, like every initialisation)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if train["adapter"] == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train["gradient_checkpointing"]
+        )
+    elif train["gradient_checkpointing"]:
+        model.enable_input_require_grads()  # a checkpointed layer must get an input that wants gradients
+    if number > 1:
+        return PeftModel.from_pretrained(model, previous, is_trainable=True)
+    lora = train["lora"]
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_model(
+    number: int, train: dict, previous: Path, device: torch.device, seq_len: int
+) -> tuple[torch.nn.Module, str]:
+    """The model part N trains, with the attention it gets for packed rows: part N-1's whole model;
+    or, with train.adapter, models/base with part N-1's adapters (new ones for part 1)."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = train["adapter"]
+    if adapter == "none":
+        model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(BASE_DIR, **base_load_options(adapter))
+    attention = use_packed_attention(model, device, train["bf16"], seq_len)
+    if train["gradient_checkpointing"]:
+        model.activation_checkpointing_enable()
+    if adapter != "none":
+        model = with_adapter(model, number, previous, train)
+    return model, attention
+
+
+def join_ranks(train: dict) -> tuple[int, int]:
+    """Join the part's ranks (gloo between CPU ranks, the accelerator's own backend between GPUs);
+    CPU ranks share the cores out; only rank 0 shows transformers' progress bars. (rank, world size)"""
+    import deepspeed
+    from transformers.utils.logging import disable_progress_bar
+
+    deepspeed.init_distributed(dist_backend=None if train["gpus"] else "gloo")
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if not train["gpus"] and world_size > 1:
+        torch.set_num_threads(cpu_threads(int(os.environ.get("LOCAL_SIZE", world_size))))
+    if rank:
+        disable_progress_bar()
+    return rank, world_size
+
+
+def resumable_checkpoint(root: Path, fingerprint: str, number: int, rank: int) -> Path | None:
+    """A killed run's newest checkpoint, if it was made with the same params, world size and inputs."""
+    newest = newest_checkpoint(root)
+    if newest and read_json(newest / "state.json")["fingerprint"] != fingerprint:
+        if rank == 0:
+            print(f"train-part{number}: not resuming from {newest}: params, GPUs or inputs have changed")
+        return None
+    return newest
+
+
 def setup_part(number: int, train: dict) -> Part:
     """Check the inputs, join the ranks, load part N-1's model and build the DeepSpeed engine."""
     import deepspeed
-    from transformers import AutoModelForCausalLM
 
     previous, data = model_dir(number - 1), shard_dir(number)
     for needed in (data, EVAL_SHARD_DIR):
@@ -355,33 +499,28 @@ def setup_part(number: int, train: dict) -> Part:
             f"train-part{number}: {previous} not found; run `dvc repro train-part{number - 1}`"
         )
 
-    deepspeed.init_distributed()
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world_size = join_ranks(train)
     accumulation = accumulation_steps(train["global_batch"], train["micro_batch"], world_size)
     shard, eval_shard = load_shard(data), load_shard(EVAL_SHARD_DIR)
     sequences, seq_len = shard["input_ids"].shape
     fingerprint = run_fingerprint(train, number, world_size, [data, EVAL_SHARD_DIR, previous])
+    checkpoint = resumable_checkpoint(CHECKPOINTS_DIR / part_name(number), fingerprint, number, rank)
+    previous_state = previous / "resume" / CHECKPOINT_TAG
+    reshard = number > 1 and checkpoint is None and saved_world_size(previous_state) != world_size
     torch.manual_seed(train["seed"] + number)
 
     device = torch.device("cuda" if train["gpus"] else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
-    attention = use_packed_attention(model, device, train["bf16"], seq_len)
-    if train["gradient_checkpointing"]:
-        model.activation_checkpointing_enable()
-    flops = flops_per_token(model, seq_len)
+    model, attention = trainable_model(number, train, previous, device, seq_len)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"], fused=train["fused_optimizer"]
+        trainable, lr=train["lr"], weight_decay=train["weight_decay"], fused=train["fused_optimizer"]
     )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(train, accumulation)
-    )
+    config = deepspeed_config(train, accumulation, universal=reshard)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     engine.eval()  # the check wants no dropout
+    dtype = torch.bfloat16 if train["bf16"] else torch.float32
     check_packing(
-        lambda **inputs: engine(**inputs, use_cache=False).logits,
-        model,
-        attention,
-        torch.bfloat16 if train["bf16"] else torch.float32,
-        engine.device,
+        lambda **inputs: engine(**inputs, use_cache=False).logits, model, attention, dtype, engine.device
     )
     if train["compile"]:
         engine.compile()
@@ -397,35 +536,49 @@ def setup_part(number: int, train: dict) -> Part:
         rank=rank,
         world_size=world_size,
         varlen=attention == VARLEN,
-        flops=flops,
+        flops=flops_per_token(model, seq_len),
         fingerprint=fingerprint,
         previous=previous,
+        checkpoint=checkpoint,
+        reshard=reshard,
     )
 
 
 def resume_part(part: Part) -> ResumeState:
-    """Where the part starts: a killed run's newest checkpoint (weights, optimizer, global step, RNG)
-    when it was made with the same params, world size and inputs; else part N-1's DeepSpeed state
-    (weights, fp32 master weights, optimizer, global step); else, for part 1, the beginning."""
-    newest = newest_checkpoint(part.checkpoints)
-    resume = ResumeState(**read_json(newest / "state.json")) if newest else None
-    if resume and resume.fingerprint != part.fingerprint:
-        if part.rank == 0:
-            print(f"train-part{part.number}: not resuming from {newest}: params, GPUs or inputs have changed")
-        resume = None
-    if resume:
-        part.engine.load_checkpoint(str(part.checkpoints), tag=newest.name)
-        set_rng_state(torch.load(newest / f"rng-rank-{part.rank:05d}.pt"), part.engine.device)
+    """Where the part starts: a killed run's checkpoint (weights, optimizer, global step, RNG); else
+    part N-1's DeepSpeed state (weights, fp32 master weights, optimizer, global step), through the
+    universal format when it was written at another world size; else, for part 1, the beginning."""
+    engine = part.engine
+    if part.checkpoint:
+        resume = ResumeState(**read_json(part.checkpoint / "state.json"))
+        engine.load_checkpoint(
+            str(part.checkpoints), tag=part.checkpoint.name, load_module_strict=not part.adapter
+        )
+        set_rng_state(torch.load(part.checkpoint / f"rng-rank-{part.rank:05d}.pt"), engine.device)
         if part.rank == 0:  # the logs up to the checkpoint; DVC removed dvclive/part-NN before the re-run
             remove(live_dir(part.number))
-            shutil.copytree(newest / "dvclive", live_dir(part.number))
-            print(f"train-part{part.number}: resuming from {newest} at step {resume.step} of {part.steps}")
+            shutil.copytree(part.checkpoint / "dvclive", live_dir(part.number))
+            where = f"{part.checkpoint} at step {resume.step} of {part.steps}"
+            print(f"train-part{part.number}: resuming from {where}")
         return resume
-    if part.number > 1:
-        part.engine.load_checkpoint(str(part.previous / "resume"), tag=CHECKPOINT_TAG)
-        tokens_seen = read_json(part.previous / "train_state.json")["tokens_seen"]
-        return ResumeState(part.fingerprint, 0, tokens_seen, None)
-    return ResumeState(part.fingerprint, 0, 0, None)
+    if part.number == 1:
+        return ResumeState(part.fingerprint, 0, 0, None)
+    root = part.previous / "resume"
+    if part.reshard:
+        written_at = saved_world_size(root / CHECKPOINT_TAG)
+        if part.rank == 0:
+            print(
+                f"train-part{part.number}: {part.previous} was trained on {written_at} ranks, this part on "
+                f"{part.world_size}: converting its state to DeepSpeed's universal checkpoint"
+            )
+        universal_checkpoint(
+            root / CHECKPOINT_TAG, part.checkpoints / "universal" / CHECKPOINT_TAG, part.rank
+        )
+        root = part.checkpoints / "universal"
+    engine.load_checkpoint(str(root), tag=CHECKPOINT_TAG, load_module_strict=not part.adapter)
+    return ResumeState(
+        part.fingerprint, 0, read_json(part.previous / "train_state.json")["tokens_seen"], None
+    )
 
 
 def progress_bar(part: Part) -> "Progress":
@@ -500,7 +653,9 @@ def train_steps(part: Part, start: ResumeState, live: "Live | None") -> tuple[Re
             done = step + 1
             if train["save_every"] and done % train["save_every"] == 0 and done < part.steps:
                 position = ResumeState(part.fingerprint, done, tokens_seen, first_loss)
-                save_checkpoint(engine, part.checkpoints, position, live_dir(part.number), part.rank)
+                save_checkpoint(
+                    engine, part.checkpoints, position, live_dir(part.number), part.rank, part.adapter
+                )
     return ResumeState(part.fingerprint, part.steps, tokens_seen, first_loss), last_loss
 
 
@@ -518,6 +673,8 @@ def save_part(part: Part, end: ResumeState, last_loss: float | None, live: "Live
         "global_step": int(engine.global_steps),
         "tokens_seen": int(end.tokens_seen),
         "steps_this_part": part.steps,
+        "world_size": part.world_size,
+        "trainable_parameters": sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
         "loss_first": round(end.first_loss, 6) if end.first_loss is not None else None,
         "loss_last": round(last_loss, 6) if last_loss is not None else None,
         "eval_loss": round(eval_loss, 6),
@@ -527,11 +684,17 @@ def save_part(part: Part, end: ResumeState, last_loss: float | None, live: "Live
     if part.rank == 0:
         remove(tmp_out)
     dist.barrier()
-    engine.save_checkpoint(str(tmp_out / "resume"), tag=CHECKPOINT_TAG, client_state={"part": part.number})
+    engine.save_checkpoint(
+        str(tmp_out / "resume"),
+        tag=CHECKPOINT_TAG,
+        client_state={"part": part.number},
+        exclude_frozen_parameters=part.adapter,
+    )
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):  # whole weights under ZeRO-3
         if part.rank == 0:
-            engine.module.save_pretrained(tmp_out)
+            engine.module.save_pretrained(tmp_out)  # an adapter: peft's layout, adapter_config.json
     if part.rank == 0:
+        (tmp_out / "README.md").unlink(missing_ok=True)  # peft's blank card; `make release` writes one
         AutoTokenizer.from_pretrained(part.previous).save_pretrained(tmp_out)
         write_json(tmp_out / "train_state.json", state)
         remove(out)

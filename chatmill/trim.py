@@ -8,6 +8,7 @@ Sources with `trim: false` (instruction data) pass untouched.
 
 import math
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -83,6 +84,7 @@ class Trimmer:
     def __init__(self, trim: dict, trimmed: dict[str, bool]):
         self.trim, self.trimmed = trim, trimmed
         self.stats = StageStats()
+        self.stats.add_sources(trimmed)  # a source clean or trim left empty is listed too, as 0
         self.bin_width = histogram_bin_width(trim)
         self.before, self.after = Counter(), Counter()
 
@@ -136,5 +138,12 @@ def trim_file(in_file: Path, out_dir: Path, plot_file: Path, trim: dict, trimmed
             )
         write_json(out / "stats.json", summary)
     atomic_write_text(plot_file, histogram_csv(trimmer.before, trimmer.after, trimmer.bin_width))
+    for name, counts in summary["sources"].items():
+        if counts["in"] and not counts["out"]:
+            print(
+                f"warning: length-trim kept 0 of the {counts['in']} conversations of source '{name}' "
+                f"(trim.threshold is {trim['threshold']} {trim['unit']}); mix.on_empty says what mix does",
+                file=sys.stderr,
+            )
     print(f"length-trim: kept {summary['out']} of {summary['in']} conversations ({summary['keep_rate']:.1%})")
     return summary

@@ -1,6 +1,8 @@
 """fetch: every source of params.yaml into data/raw/NAME/<file name>, plus data/raw/manifest.json
-(uri, bytes, sha256 of each file). Local files are copied, http(s) URLs streamed, hf://datasets/...
-files downloaded through the Hugging Face cache; each is checked against its sha256 when given."""
+(uri, bytes, sha256 of each file; for a whole Hub dataset also the commit, config, split and rows).
+Local files are copied, http(s) URLs streamed, hf://datasets/... files downloaded through the Hugging
+Face cache and checked against their sha256 when given; a whole Hub dataset's split is loaded through
+`datasets` at the commit its revision resolves to and written to data/raw/NAME/SPLIT.parquet."""
 
 from chatmill.errors import exit_on_error
 from chatmill.fetch import fetch_all, fetch_progress
@@ -15,7 +17,9 @@ def main() -> None:
     with fetch_progress() as progress:
         manifest = fetch_all(sources, RAW_DIR, progress)
     for name, entry in manifest.items():
-        print(f"fetch: {name}: {RAW_DIR}/{entry['file']} ({entry['bytes']} bytes, sha256 {entry['sha256']})")
+        rows = f"{entry['rows']} rows at commit {entry['commit']}, " if "commit" in entry else ""
+        size = f"{entry['bytes']} bytes, sha256 {entry['sha256']}"
+        print(f"fetch: {name}: {RAW_DIR}/{entry['file']} ({rows}{size})")
 
 
 if __name__ == "__main__":

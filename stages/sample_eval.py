@@ -1,6 +1,7 @@
 """sample-eval: replies sampled from eval.model for held-out conversations and for fixed zero- and
 few-shot prompts, across the sampling grid eval.grid, turned into the logbook's impressions as
-numbers. Writes metrics/sample-eval.json, reports/samples.jsonl and reports/sample-eval.html."""
+numbers. Writes the headline metrics to metrics/sample-eval.json (DVC's metrics), every metric to
+reports/sample-eval.json, the replies to reports/samples.jsonl and reports/sample-eval.html."""
 
 from pathlib import Path
 

@@ -4,25 +4,27 @@
 
 Reads data/shards/part-NN and data/shards/eval, and models/part-(N-1) (models/base for part 1).
 Writes models/part-NN/ (HF safetensors + tokenizer, resume/, train_state.json) and DVCLive logs in
-dvclive/part-NN/. With train.gpus above 1 or a train.hostfile it re-launches itself through the
-DeepSpeed launcher; a killed part resumes from its newest checkpoint in checkpoints/part-NN/.
+dvclive/part-NN/. With train.gpus above 1, train.cpu_ranks above 1 or a train.hostfile it launches
+its ranks through the DeepSpeed launcher and waits for them; a killed part resumes from its newest
+checkpoint in checkpoints/part-NN/.
 """
 
 import argparse
-import shutil
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 from chatmill.errors import ChatmillError, exit_on_error
+from chatmill.layout import CHECKPOINTS_DIR, part_name
 from chatmill.params import stage_params, stage_settings
-from chatmill.training import (
-    SETTING_KEYS,
+from chatmill.ranks import (
+    is_launched_rank,
     launch_command,
+    recorded_rank,
+    run_ranks,
     single_process_environment,
-    train_part,
-    validate_train,
+    use_environment_extensions,
 )
+from chatmill.training import SETTING_KEYS, newest_checkpoint, train_part, validate_train
 
 
 @exit_on_error
@@ -36,17 +38,31 @@ def main() -> None:
         raise ChatmillError(
             f"train-part{part}: train.parts is {train['parts']}; part must be 1..{train['parts']}"
         )
+    use_environment_extensions()
+    checkpoints = CHECKPOINTS_DIR / part_name(part)
     command = launch_command(train, part, Path(__file__))
     if command:
-        if shutil.which("deepspeed") is None:
-            raise ChatmillError("train: the `deepspeed` launcher is not on PATH; activate .venv")
-        sys.exit(subprocess.call(command))
-    single_process_environment(train["gpus"])
-    state = train_part(part, train)
-    print(
-        f"train-part{part}: global step {state['global_step']}, {state['tokens_seen']:,} tokens seen, "
-        f"loss {state['loss_first']} -> {state['loss_last']}, held-out loss {state['eval_loss']}"
-    )
+        if not train["gpus"]:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        run_ranks(
+            command,
+            part,
+            CHECKPOINTS_DIR / f"ranks-{part_name(part)}",
+            lambda: newest_checkpoint(checkpoints),
+        )
+        return
+    if is_launched_rank():
+        with recorded_rank(int(os.environ["RANK"])):
+            state = train_part(part, train)
+    else:
+        single_process_environment(train["gpus"])
+        state = train_part(part, train)
+    if int(os.environ["RANK"]) == 0:
+        print(
+            f"train-part{part}: global step {state['global_step']}, {state['tokens_seen']:,} tokens seen on "
+            f"{state['world_size']} ranks, loss {state['loss_first']} -> {state['loss_last']}, "
+            f"held-out loss {state['eval_loss']}"
+        )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 has them (params.yaml and the dvc.yaml it makes), where a stage script runs as DVC runs it."""
 
 import copy
+import os
 import runpy
+import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -259,3 +262,45 @@ def tiny_base(architecture: str, tokenizer, max_positions: int = 256, seed: int 
         setattr(config, key, value)
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(config)
+
+
+# --- A real browser for the web pages (the chat, the rating page) ---------------------------------
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a test's own server on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven through chromedriver (Debian's chromium and chromium-driver; selenium
+    finds neither by itself here, so both are named). The pages' only real-browser proof: without the
+    browser the tests fail, saying how to get it; CHATMILL_SKIP_BROWSER=1 skips them on purpose."""
+    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        if os.environ.get("CHATMILL_SKIP_BROWSER", "") not in ("", "0"):
+            pytest.skip(
+                "CHATMILL_SKIP_BROWSER is set and Chromium or chromedriver is missing: no browser check ran"
+            )
+        pytest.fail(
+            "Chromium and chromedriver are needed to test the web pages: apt-get install chromium "
+            "chromium-driver (.ci/run does), or set CHATMILL_SKIP_BROWSER=1 to skip them on purpose",
+            pytrace=False,
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                     "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(argument)
+    session = webdriver.Chrome(options=options, service=Service(driver))
+    session.set_page_load_timeout(60)
+    yield session
+    session.quit()

@@ -1,13 +1,21 @@
+import os
+import pty
 import re
+import select
+import subprocess
+import sys
+import time
+from itertools import pairwise
 
 import pytest
 import torch
+from conftest import make_conversation
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatmill import chat
 from chatmill.errors import ChatmillError
-from chatmill.generation import STOPS, Reply, generate_replies
-from chatmill.prompt import encode_prompt
+from chatmill.generation import STOPS, Reply, generate_replies, generation_config, pad_id
+from chatmill.prompt import encode_prompt, render_text
 
 CARD = chat.Card(
     bot_name="Aria",
@@ -23,13 +31,16 @@ def new_chat() -> chat.Chat:
 
 
 def converse(session: chat.Chat, lines: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Run the loop on scripted input; returns what it wrote and, per reply, the user turns it saw."""
+    """Run the loop on scripted input; returns the lines it wrote and, per reply, the user turns it saw.
+    Each reply arrives as a stream of two pieces, as the model writes it."""
     written, seen = [], []
 
-    def reply(current: chat.Chat) -> Reply:
+    def reply(current: chat.Chat) -> chat.ReplyStream:
         seen.append([t["text"] for t in current.turns if t["role"] == "user"])
         stop = "max_tokens" if len(seen) == 3 else "eos"
-        return Reply(f"reply {len(seen)} at t={current.setting.temperature}", 5, stop)
+        text = f"reply {len(seen)} at t={current.setting.temperature}"
+        pieces = iter([text[:5], text[5:]])
+        return chat.ReplyStream(pieces, lambda: Reply(text, 5, stop))
 
     script = iter(lines)
 
@@ -41,7 +52,7 @@ def converse(session: chat.Chat, lines: list[str]) -> tuple[list[str], list[list
             raise EOFError from None
 
     chat.run(session, reply, read, written.append)
-    return written, seen
+    return "".join(written).splitlines(), seen
 
 
 def test_chat_loop_with_settings_regen_undo_and_persona():
@@ -70,8 +81,8 @@ def test_chat_loop_with_settings_regen_undo_and_persona():
     assert written[6] == "/top_k needs a number (int), e.g. /top_k 1"
     assert written[7] == "(took back your last message; 0 exchanges left)"
     assert written[8] == "Aria: reply 3 at t=0.5 [cut off: /max raises max_new_tokens]"
-    assert written[9].startswith("Aria's Persona: A cheerful guide.\nScenario: The harbour.")
-    assert written[10] == chat.HELP
+    assert written[9:11] == ["Aria's Persona: A cheerful guide.", "Scenario: The harbour."]
+    assert written[-len(chat.HELP.splitlines()) :] == chat.HELP.splitlines()
     assert seen == [["Hello!"], ["Hello!"], ["Hi again"]]
     assert [t["role"] for t in session.turns] == ["user", "bot"]
     assert session.setting.top_k == 40 and session.setting.temperature == 0.5
@@ -83,9 +94,10 @@ def test_quit_reset_and_nothing_to_regenerate():
         session, ["/regen", "Hello!", "/reset", "/max 0", "/max 8", "/quit", "never read"]
     )
     assert written[2] == "nothing to regenerate yet"
-    assert written[4] == "(started over)\nAria: Welcome!"
-    assert written[5] == "/max must be >= 1" and written[6].endswith("max_new_tokens 8")
-    assert len(written) == 7 and seen == [["Hello!"]] and session.turns == []
+    assert written[3] == "Aria: reply 1 at t=0.7"
+    assert written[4:6] == ["(started over)", "Aria: Welcome!"]
+    assert written[6] == "/max must be >= 1" and written[7].endswith("max_new_tokens 8")
+    assert len(written) == 8 and seen == [["Hello!"]] and session.turns == []
 
 
 def test_prompt_is_the_training_format(tiny_tokenizer):
@@ -97,6 +109,21 @@ def test_prompt_is_the_training_format(tiny_tokenizer):
     text = tiny_tokenizer.decode(ids)
     assert text.startswith("Aria's Persona: A cheerful guide.\nScenario: The harbour.\n<START>\nYou: Where")
     assert text.endswith("Aria: Welcome!</s>\nYou: Hi.\nAria:")
+
+
+def talking_model(tokenizer, context: int = 256) -> LlamaForCausalLM:
+    """The tiny model after a second of training on one conversation: it writes words (with spaces,
+    so transformers' streamer has pieces to hand out) instead of random bytes."""
+    model = tiny_model(tokenizer, context)
+    text = render_text(make_conversation("c", bot_replies=("Hello there, traveller.",)), tokenizer.eos_token)
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    return model.eval()
 
 
 def tiny_model(tokenizer, context: int) -> LlamaForCausalLM:
@@ -115,35 +142,18 @@ def tiny_model(tokenizer, context: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def generate_and_record(monkeypatch, model, tokenizer, session: chat.Chat) -> tuple[Reply, list[int]]:
-    """chat.generate's reply, and the prompt it really passed to generation."""
-    prompts = []
-
-    def recording(model, tokenizer, batch, *args, **kwargs):
-        prompts.extend(batch)
-        return generate_replies(model, tokenizer, batch, *args, **kwargs)
-
-    monkeypatch.setattr(chat, "generate_replies", recording)
-    reply = chat.generate(model, tokenizer, session)
-    assert len(prompts) == 1
-    assert reply.stop in STOPS and 1 <= reply.new_tokens <= session.max_new_tokens
-    assert "\nYou:" not in reply.text
-    return reply, prompts[0]
-
-
-def test_a_long_chat_drops_the_oldest_turns_and_keeps_the_header(tiny_tokenizer, monkeypatch):
-    model = tiny_model(tiny_tokenizer, context=128)
-    session = new_chat()  # max_new_tokens 16: the prompt may have 128 - 16 tokens
+def test_a_long_chat_drops_the_oldest_turns_and_keeps_the_header(tiny_tokenizer):
+    session = new_chat()  # max_new_tokens 16: in a context of 128 the prompt may have 112 tokens
     session.turns = [
         {"role": "user", "name": "You", "text": "Is the lighthouse far?"},
         {"role": "bot", "name": "Aria", "text": "A short walk along the pier."},
         {"role": "user", "name": "You", "text": "Can we go now?"},
     ]
     header, turns = chat.conversation(CARD, session.turns)
-    limit = model.config.max_position_embeddings - session.max_new_tokens
+    limit = 128 - session.max_new_tokens
     assert limit == 112 and len(encode_prompt(tiny_tokenizer, header, turns)) > limit  # it must shrink
 
-    _, ids = generate_and_record(monkeypatch, model, tiny_tokenizer, session)
+    ids = chat.prompt_ids(tiny_tokenizer, session, context=128)
 
     assert len(ids) <= limit
     # Exactly the oldest turns are gone, no more than needed: one more turn would not fit.
@@ -160,18 +170,118 @@ def test_a_long_chat_drops_the_oldest_turns_and_keeps_the_header(tiny_tokenizer,
     assert text.endswith("Aria: A short walk along the pier.</s>\nYou: Can we go now?\nAria:")
 
 
-def test_a_last_turn_too_long_on_its_own_keeps_its_tail(tiny_tokenizer, monkeypatch):
-    model = tiny_model(tiny_tokenizer, context=64)  # the header alone does not fit in 64 - 16 tokens
-    session = new_chat()
+def test_a_last_turn_too_long_on_its_own_keeps_its_tail(tiny_tokenizer):
+    session = new_chat()  # in a context of 64, the header alone does not fit in 64 - 16 tokens
     session.turns = [{"role": "user", "name": "You", "text": "Tell me a long story about the sea. " * 5}]
     header, turns = chat.conversation(CARD, session.turns)
-    limit = model.config.max_position_embeddings - session.max_new_tokens
 
-    _, ids = generate_and_record(monkeypatch, model, tiny_tokenizer, session)
+    ids = chat.prompt_ids(tiny_tokenizer, session, context=64)
 
-    assert len(ids) == limit
-    assert ids == encode_prompt(tiny_tokenizer, header, turns[-1:])[-limit:]
+    assert len(ids) == 64 - session.max_new_tokens
+    assert ids == encode_prompt(tiny_tokenizer, header, turns[-1:])[-len(ids) :]
     assert tiny_tokenizer.decode(ids).endswith("about the sea. \nAria:")
+
+
+def test_a_streamed_reply_is_the_reply_sample_eval_would_sample(tiny_tokenizer):
+    """Same prompt, same seed: the streamed reply is generate_replies' reply (the prompt format, the
+    sampling settings and the stopping rules are shared), and it arrives in growing pieces."""
+    model = talking_model(tiny_tokenizer)
+    session = new_chat()
+    session.max_new_tokens = 40
+    session.turns = [{"role": "user", "name": "You", "text": "Hi."}]
+    torch.manual_seed(3)
+    stream = chat.stream_reply(model, tiny_tokenizer, session)
+    shown = list(stream)
+    torch.manual_seed(3)
+    ids = chat.prompt_ids(tiny_tokenizer, session, context=256)
+    config = generation_config(session.setting, 40, tiny_tokenizer.eos_token_id, pad_id(tiny_tokenizer))
+    expected = generate_replies(model, tiny_tokenizer, [ids], config, batch_size=1)[0]
+
+    assert stream.reply == expected and stream.reply.stop in STOPS
+    assert shown[-1] == expected.text
+    assert len(set(shown)) >= 3, shown  # pieces, not one block at the end
+    assert all(later.startswith(earlier) for earlier, later in pairwise(shown))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (" Hello there ", "Hello there"),
+        ("Hello\nYo", "Hello"),  # perhaps the user's next turn: held back
+        ("Hello\nYou: and more", "Hello"),  # the user's next turn: the reply ended before it
+        ("Hello\nYes, and\n", "Hello\nYes, and"),
+    ],
+)
+def test_shown_text_holds_back_what_may_be_the_next_turn(text, expected):
+    assert chat.shown(text) == expected
+
+
+def test_the_terminal_writes_each_piece_once_and_stops_at_the_next_turn():
+    written = []
+    pieces = iter(["Sure", ", come", " along\nY", "ou: ok"])
+    stream = chat.ReplyStream(pieces, lambda: Reply("Sure, come along", 6, "turn"))
+    assert chat.write_stream(stream, written.append).text == "Sure, come along"
+    assert written == ["Sure", ", come", " along"]
+
+
+def test_a_failed_generation_raises_in_the_reader_instead_of_hanging(tiny_tokenizer, monkeypatch):
+    model = tiny_model(tiny_tokenizer, context=128)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "generate", broken)
+    session = new_chat()
+    session.turns = [{"role": "user", "name": "You", "text": "Hi."}]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(chat.stream_reply(model, tiny_tokenizer, session))
+
+
+def test_make_chat_streams_and_recalls_lines_with_readline(tiny_tokenizer, tmp_path):
+    """`python -m chatmill.chat` in a terminal (a pty): a reply is printed, the up arrow brings the last
+    line back (readline), and the history outlives the session."""
+    folder = tmp_path / "model"
+    tiny_model(tiny_tokenizer, context=128).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    screen = run_in_terminal(
+        [sys.executable, "-m", "chatmill.chat", "--model", str(folder), "--max-new-tokens", "8"],
+        ["Hello there\r", "\x1b[A\r", "/quit\r"],
+        {"XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    assert screen.count("You: Hello there") == 2, screen  # typed, then recalled with the up arrow
+    assert screen.count("Assistant: ") == 2, screen
+    history = (tmp_path / "state" / "chatmill" / "chat_history").read_text().splitlines()
+    assert history[-2:] == ["Hello there", "/quit"]  # readline keeps one of two equal lines in a row
+
+
+def run_in_terminal(command: list[str], keys: list[str], env: dict[str, str], timeout: float = 60) -> str:
+    """Run a command in a pseudo-terminal, typing each of `keys` once it asks for a line ("You: ");
+    what the terminal showed, with carriage returns dropped."""
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        command, stdin=child, stdout=child, stderr=child, env={**os.environ, **env}, close_fds=True
+    )
+    os.close(child)
+    screen, typed, deadline = "", 0, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(main, 4096)
+                except OSError:  # the command ended and closed the terminal
+                    break
+                screen += data.decode("utf-8", "replace").replace("\r", "")
+            if typed < len(keys) and screen.count("You: ") > typed:
+                os.write(main, keys[typed].encode())
+                typed += 1
+            if process.poll() is not None and not ready:
+                break
+        assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, screen
+    finally:
+        process.kill()
+        os.close(main)
+    return screen
 
 
 @pytest.mark.parametrize(

@@ -53,22 +53,65 @@ def conversation_of(record: dict, source: str = "logs", format_name: str = "shar
     [
         ("caf\u0065\u0301", "caf\u00e9"),  # NFD -> NFC
         ("e\u200b\u0301", "\u00e9"),  # NFC after the invisible character between them is gone
-        ("one\r\ntwo\rthree", "one\ntwo\nthree"),
-        ("a\t\tb\u00a0\u00a0c\u2003d\u3000e", "a b c d e"),
-        ("a  \t b", "a b"),
-        ("  padded  \n\tlines\t", "padded\nlines"),
-        ("a\n\n\nb", "a\n\nb"),
-        ("a\r\n\r\n\r\n\r\nb", "a\n\nb"),
-        ("a\n \n\t\n\u00a0\nb", "a\n\nb"),  # lines of only whitespace are blank lines too
-        ("a\n\nb", "a\n\nb"),
+        ("one\r\ntwo\rthree\u2028four\u2029five", "one\ntwo\nthree\nfour\nfive"),
+        # no-break and typographic spaces become spaces one for one; the CJK full-width space stays
+        ("a\u00a0\u00a0b\u2003c\u202fd\u3000e", "a  b c d\u3000e"),
         ("zero\u200bwidth\u2060\ufeffers", "zerowidthers"),
         # ZWNJ and ZWJ are kept: emoji sequences and Persian or Indic text need them
         ("\U0001f469\u200d\U0001f4bb", "\U0001f469\u200d\U0001f4bb"),
         ("\x00bell\x07 and\x1b escape\x7f", "bell and escape"),
+        # what carries no meaning: whitespace at line ends, blank lines at the start and the end
+        ("line  \nnext\t\nlast \u00a0", "line\nnext\nlast"),
+        ("\n \n\t\nHello.\n\n \n", "Hello."),
         ("\n\n  \u200b  \n", ""),
+        # a stray space before a message goes; the first line of an indented block keeps its indentation
+        (" Hello there.", "Hello there."),
+        ("\n  Hello.\nHow are you?", "Hello.\nHow are you?"),
+        ("  - first\n  - second", "  - first\n  - second"),
+        ("    x = 1\n    y = 2", "    x = 1\n    y = 2"),
+        # runs of spaces, tabs and blank lines inside the text are layout: they stay
+        ("a  \t b", "a  \t b"),
+        ("a\t\tb", "a\t\tb"),
+        ("a\n\n\nb", "a\n\n\nb"),
+        ("a\r\n\r\n\r\n\r\nb", "a\n\n\n\nb"),
+        ("a\n \n\t\n\u00a0\nb", "a\n\n\n\nb"),  # lines of only whitespace are blank lines
+        (
+            "1.  First\n    - nested\n\n| a   | b |\n|-----|---|",
+            "1.  First\n    - nested\n\n| a   | b |\n|-----|---|",
+        ),
     ],
 )
 def test_normalize_text(text, expected):
+    assert clean.normalize_text(text) == expected
+
+
+def test_a_fenced_code_block_is_left_as_it_is_but_for_line_breaks_invisibles_and_nfc():
+    code = "def f(x):  \n\treturn x  \n\n\n\u00a0# no-break\n"
+    text = f"Like this:  \n```python\n{code}```\nDone.  \n~~~\n  ``` not a fence end\n   \n~~~~\nEnd."
+    assert clean.normalize_text(text) == (
+        f"Like this:\n```python\n{code}```\nDone.\n~~~\n  ``` not a fence end\n   \n~~~~\nEnd."
+    )
+    assert clean.normalize_text("```\r\n  a\u200b  \r\n  e\u0301  \r\n```") == "```\n  a  \n  \u00e9  \n```"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a fence opened and never closed runs to the end of the text, as in CommonMark
+        ("Code:\n```\n  x = 1  \n\n  y  ", "Code:\n```\n  x = 1  \n\n  y"),
+        # "```x```" is inline code, not a fence: the line after it is prose
+        ("```x```  \ntext  ", "```x```\ntext"),
+        # a closing fence needs the opening character, at least as many of it, and nothing after it
+        ("````\n```\n  a  \n````\nb  ", "````\n```\n  a  \n````\nb"),
+        ("```\n  a  \n``` python\n  b  \n```\nc  ", "```\n  a  \n``` python\n  b  \n```\nc"),
+        # an indented fence (inside a list item) is a fence too
+        (
+            "1. Run:\n   ```sh\n   make   \n   ```\n2. Done.  ",
+            "1. Run:\n   ```sh\n   make   \n   ```\n2. Done.",
+        ),
+    ],
+)
+def test_code_fences_are_found_as_markdown_finds_them(text, expected):
     assert clean.normalize_text(text) == expected
 
 
@@ -79,6 +122,9 @@ def test_normalize_text(text, expected):
         " a \u00a0\n\n\n\u200b\n b ",
         "\r\n\u0301start",
         "tab\t\u200b\tend\r",
+        " first\n```\n  code\n```",
+        "\u00a0```\n a \n```\n x",
+        "\n \u2028 ```py\n\u00a0 y  \n",
     ],
 )
 def test_normalize_text_is_idempotent(text):
@@ -120,10 +166,10 @@ def test_normalize_record_substitutes_normalises_and_removes_empty_turns():
     )
     result = clean.normalize_record(parsed)
     assert result.bot_name == "Aqua"
-    assert (result.persona, result.scenario) == ("Aqua is a goddess.", "You meets Aqua.")
+    assert (result.persona, result.scenario) == ("Aqua is a  goddess.", "You meets Aqua.")
     assert result.turns == [
         {"role": "bot", "name": "Aqua", "text": "Hi, You!"},
-        {"role": "user", "name": USER_NAME, "text": "Hello\n\nthere"},
+        {"role": "user", "name": USER_NAME, "text": "Hello\n\n\nthere"},
     ]
     assert result.meta == {"categories": ["Anime"]}
 
@@ -136,10 +182,10 @@ def test_empty_bot_name_becomes_bot():
 
 
 def test_to_conversation_builds_the_canonical_row():
-    conversation = conversation_of(sharegpt("Hi  there", "Hello!", id=7), source="fresh")
+    conversation = conversation_of(sharegpt(" Hi  there ", "Hello!", id=7), source="fresh")
     assert conversation["source"] == "fresh"
     assert conversation["bot_name"] == "Assistant"
-    assert [t["text"] for t in conversation["turns"]] == ["Hi there", "Hello!"]
+    assert [t["text"] for t in conversation["turns"]] == ["Hi  there", "Hello!"]
     assert json.loads(conversation["meta"]) == {"origin_id": 7}
     assert len(conversation["id"]) == 24
 
@@ -175,11 +221,23 @@ def test_conversation_without_a_bot_turn_is_dropped():
 
 def test_duplicate_after_normalisation_is_dropped():
     first = conversation_of(sharegpt("Hi there", "Hello!"))
-    again = conversation_of(sharegpt("  Hi \t there\r\n", "Hello!\u200b"), source="other")
+    again = conversation_of(sharegpt("  Hi there \t\r\n", "Hello!\u200b"), source="other")
     assert first["id"] == again["id"]
     filters = [NoBotTurn(), ExactDuplicate()]
     assert clean.drop_reason(first, filters) is None
     assert clean.drop_reason(again, filters) == "duplicate"
+
+
+def test_a_copy_differing_only_in_spacing_inside_lines_is_a_near_duplicate():
+    """normalize_text keeps runs of spaces (they may be layout); near-dup reads words, so a copy is
+    still found."""
+    text = "The lighthouse keeper  counted the waves again, as he did every night."
+    first = conversation_of(sharegpt("Tell me about the keeper.", text))
+    spaced = conversation_of(sharegpt("Tell me about the keeper.", text.replace(" ", "  ")))
+    assert first["id"] != spaced["id"]
+    _, filters = clean.build_filters(default_clean_params())
+    assert clean.drop_reason(first, filters) is None
+    assert clean.drop_reason(spaced, filters) == "near_duplicate"
 
 
 def test_different_conversations_are_not_duplicates():
@@ -429,7 +487,7 @@ PIPPA_GOOD = {
 PIPPA_SPACED = {
     **PIPPA_GOOD,
     "conversation": [
-        {"message": "Hello,  {{user}}!\r\n", "is_human": False},
+        {"message": "Hello, {{user}}!  \r\n", "is_human": False},
         {"message": "Hi\u00a0{{Char}}.", "is_human": True},
         {"message": "*splashes {{USER}}*\u200b", "is_human": False},
     ],
@@ -537,6 +595,101 @@ def test_main_writes_conversations_quarantine_and_reconciled_stats(tmp_path, mon
     for name, counts in stats["sources"].items():
         dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
         assert counts["in"] == counts.get("out", 0) + dropped + counts.get("quarantined", 0), name
+
+
+# Code and layout as instruction data and chat models write them: indentation, blank lines inside code
+# (two between top-level functions), trailing spaces (\x20) and tabs inside fences, nested lists, an
+# aligned table.
+PYTHON_UNFENCED = """import json
+
+
+def merge(first, second):
+    \"\"\"Keys of  second win; nested dictionaries are merged too.\"\"\"
+    result = dict(first)
+    for key, value in second.items():
+        if isinstance(value, dict):
+            result[key] = merge(result.get(key, {}), value)
+
+        else:
+            result[key] = value
+    return result"""
+YAML_UNFENCED = """pipeline:
+  stages:
+    clean:
+      cmd: python stages/clean.py
+      deps:
+        - data/raw
+
+    mix:
+      script: |
+        line one
+          indented two
+
+        after a blank line"""
+MARKDOWN = """Here is the plan:
+
+1.  Install the tools:
+    - `make setup`
+      - it pins every version
+    - `make test`
+2.  Run it.
+
+| key     | default | meaning            |
+|---------|--------:|--------------------|
+| seed    |       0 | the shuffle's seed |
+| workers |       0 | all cores          |
+
+```python
+def f(x):\x20\x20
+    return x
+
+
+print(f(1))
+```
+
+~~~yaml
+# a fence of tildes; ``` inside it is text
+a:
+  b:
+    - 1
+    -   2
+~~~
+
+    an indented code block
+    \tline two"""
+MAKEFILE_REPLY = """With tabs, as make wants them:
+
+```make
+all:
+\tpython -m build \\
+\t\t--wheel\x20\x20\x20
+```"""
+
+
+def test_code_and_layout_come_out_of_the_clean_stage_byte_for_byte(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outputs = [PYTHON_UNFENCED, YAML_UNFENCED, MARKDOWN]
+    alpaca = [
+        {"instruction": f"Show me example {i}.", "input": "", "output": o} for i, o in enumerate(outputs)
+    ]
+    chat = sharegpt("Write a Makefile.", MAKEFILE_REPLY, "And again, with Windows line ends?")
+    chat["conversations"].append({"from": "gpt", "value": MARKDOWN.replace("\n", "\r\n")})
+    manifest = write_raw(
+        tmp_path / "data" / "raw",
+        {"tasks": ("tasks.json", json.dumps(alpaca).encode()), "chat": ("chat.jsonl", line(chat).encode())},
+    )
+    (tmp_path / "data" / "raw" / "manifest.json").write_text(json.dumps(manifest))
+    sources = {
+        "tasks": {"uri": "src/tasks.json", "format": "alpaca", "trim": False, "weight": 0.5},
+        "chat": {"uri": "src/chat.jsonl", "format": "sharegpt", "trim": True, "weight": 0.5},
+    }
+    write_workspace(tmp_path, {"sources": sources, "clean": default_clean_params()}, replace=True)
+    run_stage("clean")
+
+    rows = pq.read_table(tmp_path / "data" / "clean" / "conversations.parquet").to_pylist()
+    assert [row["source"] for row in rows] == ["chat", "tasks", "tasks", "tasks"]
+    assert [turn["text"] for turn in rows[0]["turns"] if turn["role"] == "bot"] == [MAKEFILE_REPLY, MARKDOWN]
+    assert [row["turns"][1]["text"] for row in rows[1:]] == outputs
 
 
 def test_main_twice_gives_byte_identical_outputs(tmp_path, monkeypatch):

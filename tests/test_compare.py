@@ -31,7 +31,7 @@ def run_compare(monkeypatch, *sources: str) -> None:
     compare.main()
 
 
-def test_diff_table_lists_headline_metrics_with_the_change():
+def test_diff_table_lists_the_metrics_with_the_change():
     a = {
         "eval_loss": 2.0,
         "overall": {"short_rate": 0.5},
@@ -92,19 +92,19 @@ def test_compare_two_model_folders(tiny, tmp_path, monkeypatch, capsys):
     prompt_sets = {"heldout": METRIC_KEYS} | {
         name: METRIC_KEYS | {"keyword_recall"} for name in ("zero_shot", "few_shot")
     }
-    headline = {"eval_loss", "perplexity"}
+    listed = {"eval_loss", "perplexity"}
     for group in ["overall", *(f"settings.{name}" for name in settings)]:
-        headline |= {f"{group}.{metric}" for metric in METRIC_KEYS | {"keyword_recall"}}
+        listed |= {f"{group}.{metric}" for metric in METRIC_KEYS | {"keyword_recall"}}
     for name, keys in prompt_sets.items():
-        headline |= {f"prompt_sets.{name}.{metric}" for metric in keys}
+        listed |= {f"prompt_sets.{name}.{metric}" for metric in keys}
 
     table = out[out.index("metric ") :].split("\n\n")[0].splitlines()
     assert table[0].split()[:3] == ["metric", "models/part-10", "models/other"]
     names = [line.split()[0] for line in table[1:]]
-    assert len(names) == len(set(names)) and set(names) == headline
+    assert len(names) == len(set(names)) and set(names) == listed
     for line in table[1:]:
         name, a, b, change = line.split()
-        assert a != "-" and b != "-", name  # both runs measured every headline metric
+        assert a != "-" and b != "-", name  # both runs measured every metric listed
         assert change == "0" or change[0] in "+-", line
     values = {line.split()[0]: line.split()[1:3] for line in table[1:]}
     assert values["overall.n_replies"] == [str(replies), str(replies)]
@@ -119,7 +119,7 @@ def test_compare_two_model_folders(tiny, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("workspace", "error: compare: the workspace has no metrics/sample-eval.json; run `dvc repro"),
+        ("workspace", "error: compare: the workspace has no reports/sample-eval.json; run `dvc repro"),
         (
             "no-such-exp",
             "error: compare: no-such-exp is not a model folder, and its sample-eval results cannot",
@@ -140,8 +140,8 @@ def test_compare_unreadable_source_is_one_line_error(source, message, tmp_path, 
 
 @pytest.mark.e2e
 def test_compare_two_dvc_experiments(tmp_path, monkeypatch, capsys):
-    """Two experiments of a stand-in stage that writes sample-eval's outputs: compare reads each from the
-    DVC cache by experiment name."""
+    """Two experiments of a stand-in stage that writes sample-eval's outputs: compare reads each one's
+    full breakdown (not the headline DVC metrics) and samples from the DVC cache by experiment name."""
     monkeypatch.chdir(tmp_path)
     for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
         monkeypatch.setenv(key, "t")
@@ -158,13 +158,15 @@ def test_compare_two_dvc_experiments(tmp_path, monkeypatch, capsys):
         "rows = [{**r, 'short': i < rate * 4} for i, r in enumerate(json.load(open('rows.json')))]\n"
         "open('reports/samples.jsonl', 'w').write(''.join(json.dumps(r) + '\\n' for r in rows))\n"
         "metrics = {'eval_loss': 1.0, 'overall': {'short_rate': rate}}\n"
-        "json.dump(metrics, open('metrics/sample-eval.json', 'w'))\n"
+        "json.dump(metrics, open('reports/sample-eval.json', 'w'))\n"
+        "json.dump({'eval_loss': 1.0}, open('metrics/sample-eval.json', 'w'))\n"
     )
     Path("params.yaml").write_text("rate: 0.25\n")
     Path("dvc.yaml").write_text(
         "stages:\n  sample-eval:\n    cmd: mkdir -p reports metrics && python write.py\n"
-        "    deps: [write.py, rows.json]\n    params: [rate]\n    outs: [reports/samples.jsonl]\n"
-        "    metrics: [metrics/sample-eval.json]\n"
+        "    deps: [write.py, rows.json]\n    params: [rate]\n"
+        "    outs: [reports/samples.jsonl, reports/sample-eval.json]\n"
+        "    metrics: [{metrics/sample-eval.json: {cache: false}}]\n"
     )
     dvc = [sys.executable, "-m", "dvc"]
     for command in (

@@ -5,6 +5,9 @@ part 1 needs, `dvc repro` the rest, and `dvc exp run -S trim.threshold=150` re-r
 length-trim and what follows it.
 """
 
+import csv
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +20,7 @@ import yaml
 from conftest import write_workspace
 
 from chatmill.io import read_json
+from chatmill.metrics import headline_metrics
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +31,7 @@ REPO_FILES = [
     "params.yaml",
     "pyproject.toml",
     ".dvc/config",
+    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]
@@ -130,12 +135,30 @@ def test_repro_train_part1_builds_exactly_what_part1_needs(repo, first_part):
     assert not (repo / "models/part-02").exists()
 
 
+def test_changing_the_rank_count_re_runs_no_trained_part(repo, first_part):
+    """Ranks are hardware, not a hyperparameter: with part 1 trained, two CPU ranks instead of one
+    leave it up to date; only the parts still to train are to run."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["cpu_ranks"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        stale = json.loads(run(repo, "dvc", "status", "--json"))
+    finally:
+        run(repo, "git", "checkout", "params.yaml")
+    assert "train-part1" not in stale and not stale.keys() & {"fetch", "clean", "shard", "base-model"}
+    assert "train-part2" in stale
+
+
 def test_full_repro_then_everything_is_up_to_date(repo, full_run):
     assert stages_run(full_run) == {f"train-part{k}" for k in range(2, 11)} | {"sample-eval"}
     assert "up to date" in run(repo, "dvc", "status")
-    metrics = read_json(repo / "metrics/sample-eval.json")
-    assert {"eval_loss", "overall", "settings"} <= metrics.keys()
-    assert len(metrics["settings"]) == 2
+    breakdown = read_json(repo / "reports/sample-eval.json")
+    assert {"eval_loss", "overall", "settings"} <= breakdown.keys()
+    assert len(breakdown["settings"]) == 2
+    assert read_json(repo / "metrics/sample-eval.json") == headline_metrics(breakdown)
+    # The metrics files are in git (full_run committed with `git add -A`), not in the DVC cache only.
+    tracked = run(repo, "git", "ls-files", "metrics", "dvclive/part-10").split()
+    assert {"metrics/sample-eval.json", "dvclive/part-10/metrics.json"} <= set(tracked)
 
 
 def test_data_stage_stats_reconcile(repo, full_run):
@@ -174,16 +197,36 @@ def test_released_weights_load_with_transformers(repo, full_run):
     assert 1 <= output.shape[1] - prompt_length <= 3  # it generated, and stopped where it was told
 
 
-def test_trim_experiment_reruns_trim_and_downstream_only(repo, full_run):
-    output = run(repo, "dvc", "exp", "run", "-S", "trim.threshold=150")
-    ran = stages_run(output)
+@pytest.fixture(scope="module")
+def trim_experiment(repo, full_run) -> str:
+    return run(repo, "dvc", "exp", "run", "-S", "trim.threshold=150")
+
+
+def test_trim_experiment_reruns_trim_and_downstream_only(trim_experiment):
+    ran = stages_run(trim_experiment)
     assert {"length-trim", "mix", "shard", "train-part1", "train-part10", "sample-eval"} <= ran
     assert not ran & {"fetch", "clean", "base-model"}
 
 
+def test_exp_show_fits_the_changed_params_and_headline_metrics_in_160_columns(
+    repo, trim_experiment, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "160")
+    table = run(repo, "dvc", "exp", "show", "--only-changed", "--no-pager")
+    header = next(line for line in table.splitlines() if "Experiment" in line).split()
+    # At most the last column is collapsed ("…"): the upstream outputs the experiment changed.
+    assert "…" not in header[:-1]
+    assert {"trim.threshold", "eval_loss", "heldout.short_rate"} <= set(header)
+    # Every row has its numbers: the committed baseline too (its metrics file is in git).
+    rows = list(csv.DictReader(io.StringIO(run(repo, "dvc", "exp", "show", "--only-changed", "--csv"))))
+    assert len(rows) == 3  # the workspace, the baseline commit, the experiment
+    for row in rows:  # numbers: no "!" (unreadable), no "-" (missing)
+        assert float(row["eval_loss"]) > 0 and 0 <= float(row["heldout.short_rate"]) <= 1, row
+
+
 def test_keys_that_change_only_speed_re_run_nothing(repo, full_run):
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"] |= {"peak_tflops": 312.0, "save_every": 7, "compile": True}
+    params["train"] |= {"peak_tflops": 312.0, "save_every": 7, "compile": True, "cpu_ranks": 2}
     params["clean"]["workers"] = 1
     params["shard"]["workers"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

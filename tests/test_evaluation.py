@@ -18,7 +18,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from chatmill import evaluation, generation
 from chatmill.errors import ChatmillError
 from chatmill.io import read_json, write_parquet
-from chatmill.metrics import is_short, rep_n, sample_metrics, words
+from chatmill.metrics import headline_metrics, is_short, rep_n, sample_metrics, words
 from chatmill.modeling import train_tokenizer
 from chatmill.prompt import encode_conversation, encode_prompt, render_text
 from chatmill.schema import CONVERSATION_SCHEMA, make_conversation
@@ -36,7 +36,7 @@ SAMPLE_KEYS = {
 }  # fmt: skip
 METRIC_KEYS = {
     "n_replies", "short_rate", "median_words", "p10_words", "p90_words", "distinct_1", "distinct_2", "rep_4",
-    "cross_rep_4", "hit_max_tokens_rate", "accept_rate", "regens_to_accept",
+    "cross_rep_4", "hit_max_tokens_rate", "accept_rate", "regens_to_accept", "n_prompts",
 }  # fmt: skip
 
 
@@ -292,12 +292,13 @@ def stage_workdir(root: Path, model_folder: Path, tokenizer) -> Path:
     return root
 
 
-def test_stage_writes_metrics_samples_and_report(tiny, tmp_path, monkeypatch):
+def test_stage_writes_metrics_samples_and_report(tiny, tmp_path, monkeypatch, capsys):
     tokenizer, _, folder = tiny
     monkeypatch.chdir(stage_workdir(tmp_path, folder, tokenizer))
     run_stage("sample_eval")
+    assert "warning" not in capsys.readouterr().err  # eval.prompts=3 held-out conversations are there
 
-    metrics = read_json(Path("metrics/sample-eval.json"))
+    metrics = read_json(Path("reports/sample-eval.json"))
     assert set(metrics) == {"eval_loss", "perplexity", "overall", "settings", "prompt_sets"}
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-5)
     assert list(metrics["settings"]) == ["t0.7-p0.9-k40-r1.1", "t1.0-p1.0-k0-r1.0"]
@@ -331,13 +332,36 @@ def test_stage_writes_metrics_samples_and_report(tiny, tmp_path, monkeypatch):
     assert all(html.escape(s["reply"]) in page for s in samples)
     assert page.count('class="sample"') == 28
 
-    first = [Path(name).read_bytes() for name in ("reports/samples.jsonl", "metrics/sample-eval.json")]
+    outputs = ("reports/samples.jsonl", "reports/sample-eval.json", "metrics/sample-eval.json")
+    first = [Path(name).read_bytes() for name in outputs]
     run_stage("sample_eval")
-    again = [Path(name).read_bytes() for name in ("reports/samples.jsonl", "metrics/sample-eval.json")]
+    again = [Path(name).read_bytes() for name in outputs]
     assert again == first  # seeded per setting: reproducible
-    # The metrics file is the registry's metrics of the samples file, nothing else.
+    # The breakdown is the registry's metrics of the samples file, nothing else; DVC's metrics file
+    # holds its headline numbers only.
     loss = {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
     assert metrics == {**loss, **sample_metrics(samples)}
+    assert read_json(Path("metrics/sample-eval.json")) == headline_metrics(metrics)
+
+
+def test_fewer_heldout_conversations_than_asked_is_a_warning_and_a_recorded_count(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    tokenizer, _, folder = tiny
+    monkeypatch.chdir(stage_workdir(tmp_path, folder, tokenizer))
+    write_workspace(tmp_path, {"eval": {**EVAL_PARAMS, "prompts": 16}})
+
+    run_stage("sample_eval")
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        "warning: sample-eval: eval.prompts=16 but only 3 conversations of data/shards/eval have a user "
+        "turn to reply to; using 3 held-out prompts (a larger shard.eval_fraction holds out more)"
+    ]
+    breakdown = read_json(Path("reports/sample-eval.json"))
+    assert breakdown["prompt_sets"]["heldout"]["n_prompts"] == 3
+    assert breakdown["prompt_sets"]["zero_shot"]["n_prompts"] == len(PROMPT_SPEC["tasks"])
+    assert breakdown["overall"]["n_prompts"] == 3 + 2 * len(PROMPT_SPEC["tasks"])
 
 
 def test_missing_model_is_one_line_error(tmp_path, monkeypatch, capsys):

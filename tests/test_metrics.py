@@ -1,6 +1,7 @@
 """chatmill/metrics.py: the logbook's impressions as numbers, and the registry (METRICS) that the stage,
 the report and the docs take them from."""
 
+import io
 import re
 
 import pytest
@@ -11,7 +12,7 @@ from chatmill.report import Run, render_report
 
 METRIC_KEYS = {
     "n_replies", "short_rate", "median_words", "p10_words", "p90_words", "distinct_1", "distinct_2", "rep_4",
-    "cross_rep_4", "hit_max_tokens_rate", "accept_rate", "regens_to_accept",
+    "cross_rep_4", "hit_max_tokens_rate", "accept_rate", "regens_to_accept", "n_prompts",
 }  # fmt: skip
 
 
@@ -119,6 +120,7 @@ def test_reply_metrics():
         row("p4", "a b c d e", keyword_recall=0.5),
     ]
     assert metrics.reply_metrics(rows) == {
+        "n_prompts": 4,
         "n_replies": 4,
         "short_rate": 0.5,
         "median_words": 3.0,  # of 0, 1, 6 and 5 words
@@ -184,6 +186,7 @@ HAND_ROWS = [
     ),
 ]
 HAND_COUNTS = {
+    "n_prompts": 3,  # (heldout, p1), (heldout, p2), (zero_shot, t1)
     "n_replies": 5,
     "short_rate": 2 / 5,  # "Hm?" and "A dog ran."
     # words per reply: 1, 6, 8, 3, 5 -> sorted 1 3 5 6 8; linear interpolation between ranks
@@ -224,6 +227,7 @@ def test_reply_metrics_keys_and_values_match_a_hand_count():
     assert metrics.reply_metrics(HAND_ROWS) == {name: round(value, 6) for name, value in HAND_COUNTS.items()}
     # A group with no expected words does not measure keyword_recall: the key is left out.
     assert metrics.reply_metrics(HAND_ROWS[:4]) == {
+        "n_prompts": 2,
         "n_replies": 4,
         "short_rate": 0.5,
         "median_words": 4.5,  # 1 3 6 8
@@ -248,7 +252,7 @@ def test_the_directions_are_the_logbook_ones():
         "distinct_1", "distinct_2", "accept_rate", "keyword_recall",
     }  # fmt: skip
     assert {name for name, better in metrics.BETTER.items() if better is None} == {
-        "median_words", "p10_words", "p90_words", "n_replies",
+        "median_words", "p10_words", "p90_words", "n_prompts", "n_replies",
     }  # fmt: skip
 
 
@@ -274,3 +278,63 @@ def test_the_report_colours_each_change_by_the_metrics_direction(step):
             expected.append(("better" if better else "worse", f"{step:+d}"))
     assert cells == [cell for cell in expected if cell is not None]
     assert delta[1].count("<td") == len(METRICS)  # one cell per column, n_replies' empty
+
+
+# --- The headline numbers: DVC's metrics -----------------------------------------------------------
+
+
+def test_the_headline_is_the_registry_s_few_numbers_of_the_breakdown():
+    breakdown = {"eval_loss": 2.0, "perplexity": 7.389056, **metrics.sample_metrics(HAND_ROWS)}
+
+    assert metrics.headline_metrics(breakdown) == {
+        "eval_loss": 2.0,
+        "median_words": HAND_COUNTS["median_words"],
+        "distinct_2": round(HAND_COUNTS["distinct_2"], 6),
+        "regens_to_accept": HAND_COUNTS["regens_to_accept"],
+        "heldout": {"short_rate": 0.5},  # "Hm?" and "A dog ran." of the four held-out replies
+    }
+    # A run without held-out replies has no heldout group: nothing is made up for it.
+    without = {"eval_loss": 2.0, "perplexity": 7.389056, **metrics.sample_metrics(HAND_ROWS[4:])}
+    assert "heldout" not in metrics.headline_metrics(without)
+
+
+def test_headline_groups_are_overall_or_a_prompt_set():
+    from chatmill.evaluation import PROMPT_SETS
+
+    groups = {group for metric in METRICS for group in metric.headline}
+    assert groups <= {metrics.OVERALL, *PROMPT_SETS}
+
+
+def test_the_headline_fits_dvc_exp_show_in_160_columns(monkeypatch):
+    """`dvc exp show --only-changed` as DVC renders it (its own table code), for a baseline and two
+    experiments that change two params: at 160 columns every headline metric and both params are shown
+    whole, not collapsed into "…". (tests/test_end_to_end.py runs the real command.)"""
+    from dvc.commands.experiments.show import show_experiments
+    from dvc.compare import TabularData
+    from dvc.ui import ui
+    from rich.console import Console
+
+    from chatmill.compare import flatten
+
+    breakdown = {"eval_loss": 2.345678, "perplexity": 10.4, **metrics.sample_metrics(HAND_ROWS)}
+    names = list(flatten(metrics.headline_metrics(breakdown)))
+    params = ["trim.enabled", "trim.threshold"]
+    fixed = ["Experiment", "rev", "typ", "Created", "parent", "State", "Executor"]
+    table = TabularData([*fixed, *names, *params], fill_value="-")
+    rows = [
+        ("workspace", "workspace", "baseline", "-", 0.1, "True", "8"),
+        ("main", "main", "baseline", "04:12 PM", 0.2, "True", "8"),
+        ("eager-moth", "1a2b3c4", "branch_commit", "04:20 PM", 0.3, "True", "150"),
+        ("vocal-fern", "5d6e7f8", "branch_base", "04:31 PM", 0.4, "False", "8"),
+    ]
+    for name, rev, typ, created, offset, enabled, threshold in rows:
+        values = [f"{offset + index:.5g}" for index in range(len(names))]  # every metric changes
+        table.append([name, rev, typ, created, "", "", "", *values, enabled, threshold])
+    screen = Console(width=160, file=io.StringIO())
+    monkeypatch.setitem(ui.__dict__, "rich_console", screen)  # ui.rich_console is a cached property
+    monkeypatch.setattr(ui, "_enabled", True)  # as the dvc command has it
+
+    show_experiments(table, {"metrics": names, "params": params, "deps": []}, pager=False, only_changed=True)
+
+    header = next(line for line in screen.file.getvalue().splitlines() if "Experiment" in line)
+    assert header.split() == ["Experiment", "Created", *names, *params]

@@ -1,10 +1,23 @@
+import copy
+import json
+import random
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import DEFAULT_PARAMS, run_stage, write_workspace
 
 from chatmill.errors import ChatmillError
 from chatmill.io import write_parquet
-from chatmill.mix import copies_per_conversation, shuffle_key, source_budgets, take_key, write_shuffled
+from chatmill.mix import (
+    copies_per_conversation,
+    shuffle_key,
+    source_budgets,
+    take_key,
+    validate_mix,
+    whole_budgets,
+    write_shuffled,
+)
 from chatmill.schema import CONVERSATION_SCHEMA
 from chatmill.sources import validate_sources
 
@@ -19,9 +32,64 @@ def ones(n: int) -> np.ndarray:
 
 def test_budgets_are_weight_shares_of_the_input_size():
     budgets = source_budgets(
-        {"logs": 900, "instructions": 100}, {"logs": 0.5, "instructions": 0.5}, "conversations"
+        {"logs": 900, "instructions": 100}, {"logs": 0.5, "instructions": 0.5}, "conversations", 5
     )
     assert budgets == {"logs": 500.0, "instructions": 500.0}
+
+
+def test_a_source_gives_at_most_max_repeat_copies_and_the_rest_goes_to_the_others_by_weight():
+    costs = {"logs": 900, "small": 40, "tasks": 60}
+    weights = {"logs": 0.3, "small": 0.5, "tasks": 0.2}
+    # small would need 500 (12.5x its size): it gives 3 x 40. The 880 left split 0.3 : 0.2 would ask
+    # 352 of tasks, over its 3 x 60: it gives 180, and logs takes the rest.
+    assert source_budgets(costs, weights, "conversations", 3) == {
+        "logs": 700.0,
+        "small": 120.0,
+        "tasks": 180.0,
+    }
+    assert source_budgets(costs, weights, "tokens", 3) == {"logs": 700.0, "small": 120.0, "tasks": 180.0}
+    # a larger cap: small is still capped, and what it leaves splits 0.3 : 0.2
+    assert source_budgets(costs, weights, "tokens", 10) == pytest.approx(
+        {"logs": 360.0, "small": 400.0, "tasks": 240.0}
+    )
+
+
+def test_an_empty_sources_share_goes_to_the_others_by_weight():
+    costs = {"logs": 300, "chitchat": 0, "tasks": 97}
+    budgets = source_budgets(costs, {"logs": 0.5, "chitchat": 0.25, "tasks": 0.25}, "conversations", 3)
+    assert budgets == {"logs": 265.0, "chitchat": 0.0, "tasks": 132.0}  # 397 in, 397 out
+
+
+def test_when_the_sources_with_a_weight_are_all_capped_the_mix_is_smaller_than_its_input():
+    budgets = source_budgets({"logs": 10, "archive": 1000}, {"logs": 1.0, "archive": 0.0}, "conversations", 3)
+    assert budgets == {"logs": 30.0, "archive": 0.0}
+
+
+def test_budgets_always_fill_the_input_size_within_the_cap():
+    rng = random.Random(0)
+    for _ in range(500):
+        names = [f"s{i}" for i in range(rng.randint(1, 6))]
+        costs = {name: rng.choice([0, 1, 3, 40, 977, 5000]) for name in names}
+        weights = {name: rng.choice([0.0, 0.05, 0.1, 0.5, 0.7, 3.0]) for name in names}
+        if not sum(weights.values()):
+            continue
+        max_repeat = rng.randint(1, 5)
+        budgets = source_budgets(costs, weights, "conversations", max_repeat)
+        assert all(budget == int(budget) for budget in budgets.values())
+        assert all(budgets[name] <= max_repeat * costs[name] for name in names)
+        assert all(budgets[name] == 0 for name in names if weights[name] == 0)
+        capacity = sum(max_repeat * costs[name] for name in names if weights[name] > 0)
+        assert sum(budgets.values()) == min(sum(costs.values()), capacity)
+
+
+def test_whole_budgets_round_the_largest_remainders_up():
+    assert whole_budgets({"a": 1 / 3 * 10, "b": 1 / 3 * 10, "c": 1 / 3 * 10}) == {
+        "a": 4.0,
+        "b": 3.0,
+        "c": 3.0,
+    }
+    assert whole_budgets({"a": 2.5, "b": 3.5}) == {"a": 3.0, "b": 3.0}  # rounding each alone: 2 + 4
+    assert whole_budgets({"a": 0.7 * 397, "b": 0.3 * 397}) == {"a": 278.0, "b": 119.0}
 
 
 def test_downsampling_takes_a_seeded_subset():
@@ -59,6 +127,12 @@ def test_conversations_are_taken_in_take_key_order_until_the_budget_is_spent():
     assert sorted(np.flatnonzero(copies).tolist()) == sorted(taken)
 
 
+def test_a_budget_at_the_cap_takes_each_conversation_max_repeat_times():
+    costs = np.array([10, 200, 35])
+    copies = copies_per_conversation(take_keys(["a", "b", "c"]), costs, 3 * int(costs.sum()))
+    assert copies.tolist() == [3, 3, 3]
+
+
 def test_zero_budget_takes_nothing():
     assert copies_per_conversation(take_keys(["a", "b"]), ones(2), 0).tolist() == [0, 0]
 
@@ -91,3 +165,166 @@ def test_all_weights_zero_is_a_config_error():
     sources = {"logs": {"uri": "a.jsonl", "format": "pippa", "trim": True, "weight": 0}}
     with pytest.raises(ChatmillError, match="all sources have weight 0"):
         validate_sources(sources)
+
+
+# ---------------------------------------------------------------- the stage, after length-trim
+
+LONG_REPLY = " ".join(["word"] * 60)  # a median of 60 words: always kept by the default trim
+
+
+def trim_small_and_emptied_sources(root, conversation_factory, weights=None, **mix_changes) -> None:
+    """length-trim run (in `root`, the current directory) on three sources of data/clean, with params
+    for four: 300 conversations of `logs`, 10 of `small`, 20 of `chitchat` whose replies length-trim
+    always drops, and none of `archive` (clean kept none)."""
+    rows = [
+        conversation_factory(f"{name}-{i}", source=name, user=f"Hello {name} {i}.", bot_replies=(reply,))
+        for name, count, reply in (
+            ("logs", 300, LONG_REPLY),
+            ("small", 10, LONG_REPLY),
+            ("chitchat", 20, "Yes."),
+        )
+        for i in range(count)
+    ]
+    weights = weights or {"logs": 0.4, "small": 0.3, "chitchat": 0.2, "archive": 0.1}
+    sources = {
+        name: {"uri": f"src/{name}.jsonl", "format": "sharegpt", "trim": True, "weight": weight}
+        for name, weight in weights.items()
+    }
+    mix = copy.deepcopy(DEFAULT_PARAMS["mix"]) | mix_changes
+    write_workspace(root, {"sources": sources, "mix": mix}, replace=True)
+    (root / "data" / "clean").mkdir(parents=True)
+    write_parquet(root / "data" / "clean" / "conversations.parquet", CONVERSATION_SCHEMA, rows)
+    run_stage("length_trim")
+
+
+def test_a_capped_and_an_emptied_source_leave_the_mix_as_large_as_its_input_with_a_warning_each(
+    tmp_path, monkeypatch, capsys, conversation_factory
+):
+    monkeypatch.chdir(tmp_path)
+    trim_small_and_emptied_sources(tmp_path, conversation_factory)
+    capsys.readouterr()
+    run_stage("mix")
+    out, err = capsys.readouterr()
+    warnings = [
+        "mix: source 'archive' is empty (clean kept none of its records; see data/clean/stats.json): it "
+        "makes 0.0% of the mix, not 10.0%; the rest goes to the other sources by weight "
+        "(mix.on_empty=redistribute)",
+        "mix: source 'chitchat' is empty (length-trim kept 0 of its 20 conversations): it makes 0.0% of the "
+        "mix, not 20.0%; the rest goes to the other sources by weight (mix.on_empty=redistribute)",
+        "mix: source 'small' would be repeated 9.3x to make its 30.0% share, more than mix.max_repeat=3: "
+        "repeated 3x it makes 9.7%; the rest goes to the other sources by weight",
+    ]
+    assert err == "".join(f"warning: {warning}\n" for warning in warnings)
+    shares = "archive 0.0%, chitchat 0.0%, logs 90.3%, small 9.7% of conversations"
+    assert out.strip() == f"mix: 310 rows from 290 conversations ({shares})"  # after a blank line from rich
+
+    stats = json.loads((tmp_path / "data" / "mixed" / "stats.json").read_text())
+    assert stats["warnings"] == warnings
+    assert stats["rows"] == 310  # 310 conversations came through length-trim
+    composition = stats["composition"]
+    assert {
+        name: (entry["rows"], entry["repeat_factor"], entry["limit"]) for name, entry in composition.items()
+    } == {
+        "archive": (0, 0.0, "empty"),
+        "chitchat": (0, 0.0, "empty"),
+        "logs": (280, 0.933, None),
+        "small": (30, 3.0, "max_repeat"),
+    }
+    rows = pq.read_table(tmp_path / "data" / "mixed" / "conversations.parquet", columns=["id"]).column("id")
+    counts = np.unique(rows.to_numpy(zero_copy_only=False), return_counts=True)[1]
+    assert len(rows) == 310 and counts.max() == 3
+    assert stats["in"] == stats["out"] + sum(stats["dropped"].values())
+
+
+def test_on_empty_fail_names_the_source_and_the_params_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, conversation_factory
+):
+    monkeypatch.chdir(tmp_path)
+    trim_small_and_emptied_sources(tmp_path, conversation_factory, on_empty="fail")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage("mix")
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: mix: source 'archive' is empty (clean kept none of its records; see data/clean/stats.json); "
+        "set sources.archive.weight: 0 to mix without it, or mix.on_empty: redistribute to give its 10.0% "
+        "share to the others\n"
+    )
+    assert not (tmp_path / "data" / "mixed").exists()
+    # with archive out of the mix (weight 0), the next empty source is named, and what would keep some of it
+    text = (tmp_path / "params.yaml").read_text().replace("weight: 0.1", "weight: 0")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(SystemExit):
+        run_stage("mix")
+    assert capsys.readouterr().err == (
+        "error: mix: source 'chitchat' is empty (length-trim kept 0 of its 20 conversations); lower "
+        "trim.threshold or set sources.chitchat.trim: false to keep some, set sources.chitchat.weight: 0 to "
+        "mix without it, or mix.on_empty: redistribute to give its 22.2% share to the others\n"
+    )
+
+
+def test_when_no_source_with_a_weight_can_fill_the_mix_it_is_smaller_and_says_so(
+    tmp_path, monkeypatch, capsys, conversation_factory
+):
+    monkeypatch.chdir(tmp_path)
+    weights = {"logs": 0.0, "small": 1.0, "chitchat": 0.0, "archive": 0.0}
+    trim_small_and_emptied_sources(tmp_path, conversation_factory, weights)
+    capsys.readouterr()
+    run_stage("mix")
+    assert capsys.readouterr().err == (
+        "warning: mix: source 'small' would be repeated 31.0x to make its 100.0% share, more than "
+        "mix.max_repeat=3: repeated 3x it makes 100.0%; no other source can take the rest\n"
+    )
+    assert json.loads((tmp_path / "data" / "mixed" / "stats.json").read_text())["rows"] == 30
+
+
+def test_when_every_source_with_a_weight_is_empty_there_is_nothing_to_mix(
+    tmp_path, monkeypatch, capsys, conversation_factory
+):
+    monkeypatch.chdir(tmp_path)
+    weights = {"logs": 0.0, "small": 0.0, "chitchat": 0.5, "archive": 0.5}
+    trim_small_and_emptied_sources(tmp_path, conversation_factory, weights)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_stage("mix")
+    assert capsys.readouterr().err == (
+        "error: mix: nothing to mix: every source with a weight is empty (archive, chitchat); lower "
+        "trim.threshold, or give a source with conversations a weight (sources.NAME.weight)\n"
+    )
+    assert not (tmp_path / "data" / "mixed").exists()
+
+
+def test_a_capped_mix_is_the_same_bytes_whatever_the_bucket_and_batch_sizes(
+    tmp_path, monkeypatch, conversation_factory
+):
+    monkeypatch.chdir(tmp_path)
+    trim_small_and_emptied_sources(tmp_path, conversation_factory)
+    run_stage("mix")
+    first = (tmp_path / "data" / "mixed" / "conversations.parquet").read_bytes()
+    monkeypatch.setattr("chatmill.mix.ROWS_PER_BUCKET", 7)
+    monkeypatch.setattr("chatmill.mix.READ_BATCH", 5)
+    run_stage("mix")
+    assert (tmp_path / "data" / "mixed" / "conversations.parquet").read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"max_repeat": 0}, "params.yaml: mix.max_repeat=0 must be >= 1 (copies of a conversation)"),
+        ({"max_repeat": 2.5}, "params.yaml: mix.max_repeat must be int, got 2.5"),
+        ({"max_repeat": True}, "params.yaml: mix.max_repeat must be int, got True"),
+        ({"on_empty": "drop"}, "params.yaml: mix.on_empty is 'drop'; use one of redistribute, fail"),
+        ({"by": "words"}, "params.yaml: mix.by is 'words'; use one of conversations, tokens"),
+    ],
+)
+def test_bad_mix_params_give_one_line_errors(change, message):
+    with pytest.raises(ChatmillError) as error:
+        validate_mix(DEFAULT_PARAMS["mix"] | change)
+    assert str(error.value) == message
+
+
+def test_missing_mix_params_are_named():
+    section = dict(DEFAULT_PARAMS["mix"])
+    del section["on_empty"]
+    with pytest.raises(ChatmillError, match=r"^params\.yaml: mix\.on_empty is missing$"):
+        validate_mix(section)

@@ -3,8 +3,11 @@ makes; a stage depends on the chatmill modules its script imports, and on the pa
 its outputs, nothing more; and a stage reads exactly the keys it declares."""
 
 import copy
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,10 +38,26 @@ def test_the_committed_dvc_yaml_is_what_params_yaml_makes():
 def test_train_parts_decides_the_train_stages_and_their_names():
     stages = rendered(train__parts=5)
     assert [name for name in stages if name.startswith("train")] == [f"train-part{k}" for k in range(1, 6)]
-    assert stages["train-part1"]["cmd"] == "python stages/train.py --part 1"
+    assert stages["train-part1"]["cmd"] == "PATH=$PWD/.venv/bin:$PATH python stages/train.py --part 1"
     assert "models/base" in stages["train-part1"]["deps"]
     assert "models/part-04" in stages["train-part5"]["deps"]
-    assert stages["train-part5"]["outs"] == ["models/part-05", "dvclive/part-05"]
+    # The model in the DVC cache; the DVCLive logs in git, as DVC's convention for them is.
+    assert stages["train-part5"]["outs"] == ["models/part-05", {"dvclive/part-05": {"cache": False}}]
+
+
+def test_metrics_files_are_in_git_and_only_the_headline_is_a_dvc_metric():
+    pipeline = yaml.safe_load(render(DEFAULT_PARAMS))
+    assert not any("dvclive" in path for path in pipeline.get("metrics", []))  # the parts' summaries: no
+    sample_eval = pipeline["stages"]["sample-eval"]
+    assert sample_eval["metrics"] == [{"metrics/sample-eval.json": {"cache": False}}]
+    assert "reports/sample-eval.json" in sample_eval["outs"]  # every metric: in the DVC cache
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "metrics/sample-eval.json", "dvclive/part-01/metrics.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ignored.stdout == ""  # git tracks them: every commit and experiment has its numbers
 
 
 @pytest.mark.parametrize(
@@ -47,6 +66,7 @@ def test_train_parts_decides_the_train_stages_and_their_names():
         "train.peak_tflops",
         "train.save_every",
         "train.gpus",
+        "train.cpu_ranks",
         "train.hostfile",
         "train.compile",
         "train.fused_optimizer",
@@ -70,7 +90,7 @@ def test_stages_declare_keys_not_whole_sections_where_a_section_mixes_both():
 
 def test_each_stage_depends_on_its_script_and_the_modules_it_imports():
     for name, stage in STAGES.items():
-        script = stage["cmd"].split()[1]
+        script = next(word for word in stage["cmd"].split() if word.startswith("stages/"))
         assert [
             dep for dep in stage["deps"] if dep.startswith(("stages/", "chatmill/"))
         ] == code_dependencies(script), name
@@ -149,3 +169,36 @@ def test_without_dvc_yaml_a_stage_says_where_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ChatmillError, match="dvc.yaml not found; run from the repository root"):
         stage_params("clean")
+
+
+@pytest.mark.e2e
+def test_the_venv_s_dvc_runs_stages_without_activating_the_venv(tmp_path):
+    """`.venv/bin/dvc repro` with a PATH that has no python with chatmill (as when .venv is not
+    activated): the stages run with .venv's python all the same."""
+    for name in ("chatmill", "stages", "data/sources", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, tmp_path / name)
+    venv = Path(sys.prefix)  # the tests run in the project's .venv
+    (tmp_path / ".venv").symlink_to(venv)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    for command in (["git", "init", "-q"], [str(venv / "bin/dvc"), "init", "-q"]):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True)
+
+    result = subprocess.run(
+        [str(venv / "bin/dvc"), "repro", "fetch"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    fetched = json.loads((tmp_path / "data/raw/manifest.json").read_text())
+    assert set(fetched) == set(DEFAULT_PARAMS["sources"])

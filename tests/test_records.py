@@ -21,6 +21,7 @@ from chatmill.schema import USER_NAME
 
 
 PIPPA = {
+    "bot_id": "OLIhiJ7Xqv9CKccOJUIkq1Zp6DpCU2uoRyWDMJlZBak",
     "bot_name": "Aqua",
     "bot_definitions": "{{char}} is a goddess.",
     "bot_description": "A water goddess.",
@@ -43,8 +44,9 @@ def test_parse_pippa():
         {"role": "user", "name": USER_NAME, "text": "Hi!"},
         {"role": "bot", "name": "Aqua", "text": "*splashes*"},
     ]
-    # None values are left out of meta
+    # None values are left out of meta; bot_id names the character (PIPPA has no id per conversation)
     assert parsed.meta == {
+        "bot_id": "OLIhiJ7Xqv9CKccOJUIkq1Zp6DpCU2uoRyWDMJlZBak",
         "bot_definitions": "{{char}} is a goddess.",
         "bot_greeting": "Hello, {{user}}!",
         "categories": ["Anime"],
@@ -141,6 +143,36 @@ def test_parse_alpaca_joins_the_input_into_the_user_turn():
 )
 def test_parse_alpaca_without_input_is_the_instruction_alone(record):
     assert parse_alpaca(record).turns[0]["text"] == "Name a colour."
+
+
+# ---------------------------------------------------------------- the source's own id, in every format
+
+ONE_OF_EACH = {
+    "pippa": {"bot_name": "Aqua", "conversation": [{"message": "Hi!", "is_human": False}]},
+    "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+    "openai": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+    "alpaca": {"instruction": "Say hello.", "input": "", "output": "Hello."},
+}
+
+
+def test_one_record_of_each_format_is_known():
+    assert set(ONE_OF_EACH) == set(FORMATS)
+
+
+@pytest.mark.parametrize("format_name", list(ONE_OF_EACH))
+@pytest.mark.parametrize(
+    ("source_id", "meta"), [("conv-0042", {"origin_id": "conv-0042"}), (42, {"origin_id": 42})]
+)
+def test_every_format_keeps_the_records_own_id_as_origin_id(format_name, source_id, meta):
+    parsed = FORMATS[format_name](ONE_OF_EACH[format_name] | {"id": source_id})
+    assert parsed.meta == meta
+    assert FORMATS[format_name](ONE_OF_EACH[format_name]).meta == {}
+
+
+@pytest.mark.parametrize("format_name", list(ONE_OF_EACH))
+@pytest.mark.parametrize("not_an_id", [None, "", True, 1.5, ["a"], {"n": 1}])
+def test_an_id_that_is_not_a_string_or_integer_is_left_out(format_name, not_an_id):
+    assert FORMATS[format_name](ONE_OF_EACH[format_name] | {"id": not_an_id}).meta == {}
 
 
 # ---------------------------------------------------------------- bad records

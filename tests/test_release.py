@@ -6,7 +6,7 @@ memory and serves what a release calls:
     POST /api/repos/create                          create a repo (409 if it exists)
     PUT  /api/models/{repo}/settings                 set its visibility
     POST /api/models/{repo}/branch/{branch}          create a branch from main (409 if it exists)
-    GET  /api/models/{repo}/tree/{revision}          list a branch's files
+    GET  /api/models/{repo}/tree/{revision}          list a branch's files (upload_folder's delete_patterns)
     POST /api/validate-yaml                          check the model card's metadata
     POST /api/models/{repo}/preupload/{revision}     say which files go through LFS (*.safetensors)
     POST /{repo}.git/info/lfs/objects/batch          LFS batch API: where to upload each object
@@ -61,6 +61,7 @@ PARAMS = {
         },
         "instructions": {"uri": "data/sources/alpaca.json", "format": "alpaca", "trim": False, "weight": 0.3},
     },
+    "clean": {"pii": {"enabled": True, "types": ["email", "phone"]}},
     "trim": {"enabled": True, "unit": "words", "threshold": 8, "ramp": 40, "curve": "linear", "seed": 0},
     "mix": {"by": "conversations", "seed": 0},
     "model": {
@@ -100,7 +101,20 @@ PARAMS = {
     },
 }
 STATS = {
-    "data/clean/stats.json": {"in": 110, "out": 100, "dropped": {"duplicate": 7}, "quarantined": 3},
+    "data/raw/manifest.json": {
+        "community_logs": {"uri": "hf://datasets/acme/pippa@v1/pippa.jsonl", "bytes": 1_234_567},
+        "instructions": {"uri": "data/sources/alpaca.json", "bytes": 5_120},
+    },
+    "data/clean/stats.json": {
+        "in": 110,
+        "out": 100,
+        "dropped": {"duplicate": 7},
+        "quarantined": 3,
+        "sources": {
+            "community_logs": {"in": 80, "out": 70, "dropped_duplicate": 7, "quarantined": 3},
+            "instructions": {"in": 30, "out": 30},
+        },
+    },
     "data/trimmed/stats.json": {
         "in": 100,
         "out": 80,
@@ -119,8 +133,22 @@ STATS = {
         "dropped": {"downsampled": 8},
         "quarantined": 0,
         "composition": {
-            "community_logs": {"weight": 0.7, "target_share": 0.7, "share": 0.7, "rows": 50, "repeats": 0},
-            "instructions": {"weight": 0.3, "target_share": 0.3, "share": 0.3, "rows": 22, "repeats": 0},
+            "community_logs": {
+                "weight": 0.7,
+                "target_share": 0.7,
+                "share": 0.694444,
+                "rows": 50,
+                "repeat_factor": 1.0,
+                "limit": None,
+            },
+            "instructions": {
+                "weight": 0.3,
+                "target_share": 0.3,
+                "share": 0.305556,
+                "rows": 22,
+                "repeat_factor": 1.0,
+                "limit": None,
+            },
         },
     },
     "data/shards/stats.json": {
@@ -131,14 +159,27 @@ STATS = {
         },
     },
 }
-METRICS = {
+
+
+def group(short_rate: float, median_words: float, distinct_2: float, regens: float, replies: int) -> dict:
+    return {
+        "short_rate": short_rate,
+        "median_words": median_words,
+        "distinct_2": distinct_2,
+        "regens_to_accept": regens,
+        "n_replies": replies,
+    }
+
+
+METRICS = {  # the breakdown, reports/sample-eval.json
     "eval_loss": 2.5,
     "perplexity": 12.182494,
-    "overall": {"short_rate": 0.125, "median_words": 21.0, "distinct_2": 0.61, "n_replies": 8},
+    "overall": group(0.125, 21.0, 0.61, 1.25, 8),
     "settings": {
-        "t0.7-p0.9-k40-r1.1": {"short_rate": 0.0, "median_words": 24.0, "distinct_2": 0.7, "n_replies": 4},
-        "t1.0-p1.0-k0-r1.0": {"short_rate": 0.25, "median_words": 18.0, "distinct_2": 0.8, "n_replies": 4},
+        "t0.7-p0.9-k40-r1.1": group(0.0, 24.0, 0.7, 1.0, 4),
+        "t1.0-p1.0-k0-r1.0": group(0.25, 18.0, 0.8, 1.5, 4),
     },
+    "prompt_sets": {"heldout": {"n_prompts": 3, "n_replies": 6}},  # fewer than eval.prompts: 4
 }
 DVC_YAML = {
     "stages": {
@@ -155,9 +196,11 @@ DVC_YAML = {
             "outs": ["models/part-02"],
         },
         "sample-eval": {
-            "cmd": "mkdir -p metrics && cp prebuilt/sample-eval.json metrics/sample-eval.json",
+            "cmd": "mkdir -p metrics reports && cp prebuilt/sample-eval.json reports/sample-eval.json"
+            " && echo '{\"eval_loss\": 2.5}' > metrics/sample-eval.json",
             "deps": ["prebuilt/sample-eval.json", "models/part-02"],
             "params": ["eval"],
+            "outs": ["reports/sample-eval.json"],
             "metrics": [{"metrics/sample-eval.json": {"cache": False}}],
         },
     }
@@ -269,8 +312,9 @@ def test_hub_metadata_names_hub_data_sets_and_base_models() -> None:
     sources = {
         **PARAMS["sources"],
         "more": {"uri": "hf://datasets/acme/pippa/extra.jsonl", "format": "pippa", "trim": True, "weight": 1},
+        "chats": {"uri": "hf://datasets/acme/chats@v2", "format": "sharegpt", "trim": True, "weight": 1},
     }
-    assert release.hub_datasets(sources) == ["acme/pippa"]
+    assert release.hub_datasets(sources) == ["acme/pippa", "acme/chats"]
     assert release.hub_base_model("EleutherAI/gpt-j-6b") == "EleutherAI/gpt-j-6b"
     assert release.hub_base_model("scratch") is None
 
@@ -320,7 +364,8 @@ def template_project(tmp_path_factory, tiny_tokenizer, dvc_env) -> Path:
         folder = project / f"prebuilt/part-0{part}"
         model.save_pretrained(folder)
         tiny_tokenizer.save_pretrained(folder)
-        (folder / "train_state.json").write_text(json.dumps({"part": part, "global_step": 2 * part}))
+        state = {"part": part, "global_step": 2 * part, "loss_first": 5.25, "lr": 0.0005}
+        (folder / "train_state.json").write_text(json.dumps(state))
         (folder / "resume/final").mkdir(parents=True)
         (folder / "resume/final/optimizer_states.pt").write_bytes(b"optimizer state")
     (project / "prebuilt/sample-eval.json").write_text(json.dumps(METRICS))
@@ -606,18 +651,28 @@ def test_dry_run_builds_a_folder_that_loads_and_chats(
     lock = yaml.safe_load(Path("dvc.lock").read_text())
     model_md5 = lock["stages"]["train-part2"]["outs"][0]["md5"]
     for expected in (
-        "**experiment-7, part 2/2**",
+        "**experiment-7, part 2/2**: a conversational model fine-tuned from `acme/tiny-base` by chatmill "
+        "on community_logs (pippa, 69.4%), instructions (alpaca, 30.6%).",
         "You: {user message}\n{bot}: {reply}</s>",
-        "`t0.7-p0.9-k40-r1.1` (recommended) | 0.0 | 24.0 | 0.7 | 4",
-        "| community_logs | True | 70 | 50 |",
-        "| instructions | 0.3 | 0.3 | 0.3 | 22 | 0 |",
-        "| train.lr | 0.001 |",
+        # The sources actually used: format, where from, size, what each stage kept, share of the mix.
+        "| community_logs | pippa | `hf://datasets/acme/pippa@v1/pippa.jsonl` | 1.2 MB | 80 | 70 | 50 | 50 "
+        "| 69.4% | 70.0% |",
+        "| instructions | alpaca | `data/sources/alpaca.json` | 5.1 kB | 30 | 30 | 30 | 22 | 30.6% | 30.0% |",
+        "last user turn of\n3 held-out conversations",  # the number sample-eval used, not eval.prompts
+        "`t0.7-p0.9-k40-r1.1` (recommended) | 0.0 | 24.0 | 0.7 | 1.0 | 4 |",
         "## Limitations",
+        "personal data that cleaning missed (cleaning replaced email, phone with placeholders)",
         f"git commit `{commit}` (with uncommitted changes: a dry run, never pushed)",
         f"| train-part2 | `models/part-02` | `{model_md5}` |",
         f"chatmill {chatmill.__version__}",
     ):
         assert expected in card.text
+    assert "role-play model trained on community chat logs" not in card.text
+    # Settings and results in tables of their own: train.lr is what was asked, lr what the last step used.
+    settings, results = card.text.split("Settings (params.yaml):")[1].split("Results of this part")
+    assert "| train.lr | 0.001 |" in settings and "loss_first" not in settings
+    results = results.split("## Evaluation")[0]
+    assert "| lr | 0.0005 |" in results and "| loss_first | 5.25 |" in results and "train." not in results
 
     tokenizer = AutoTokenizer.from_pretrained("release")
     model = AutoModelForCausalLM.from_pretrained("release")
@@ -711,7 +766,7 @@ def test_release_pushes_one_commit_that_loads_and_never_shows_the_token(
     assert {op["key"] for op in pushed["operations"] if op["value"]["path"].endswith(".safetensors")} == {
         "lfsFile"
     }
-    assert hub.cards == [released["README.md"].decode()]
+    assert set(hub.cards) == {released["README.md"].decode()}  # the card the Hub checked is the one pushed
     assert f"{hub.url}/{REPO}/commit/" in out
     api_calls = [(method, path, auth) for method, path, auth in hub.requests if not path.startswith("/lfs/")]
     assert {auth for _, _, auth in api_calls} == {f"Bearer {TOKEN}"}
@@ -756,9 +811,40 @@ def test_release_replaces_stale_weights_and_keeps_other_files(
     dev = existing["branches"]["dev"]
     assert "model.safetensors" not in dev and dev["NOTES.md"] == b"kept"
     assert "model.safetensors.index.json" in dev
+    assert len(existing["commits"]) == 1  # the deletions go with the upload, in one commit
     assert [
         op["value"]["path"] for op in existing["commits"][0]["operations"] if op["key"] == "deletedFile"
     ] == ["model.safetensors"]
+    # upload_folder listed the branch to match delete_patterns against it
+    assert ("GET", f"/api/models/{REPO}/tree/dev") in {(method, path) for method, path, _ in hub.requests}
+
+
+@pytest.mark.parametrize("checkout", ["git branch", "DVC experiment", "baseline of an experiment"])
+def test_without_release_experiment_the_run_is_named_after_its_branch_or_dvc_experiment(
+    checkout: str, project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["release"]["experiment"] = None
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(project, "commit", "-qam", "no release.experiment")
+    if checkout == "git branch":
+        git(project, "checkout", "-qb", "longer-replies")
+        expected = "longer-replies"
+    else:
+        run(project, sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "trim-150")
+        expected = git(project, "rev-parse", "--abbrev-ref", "HEAD").strip()  # an experiment based on it
+    if checkout == "DVC experiment":
+        # `dvc exp branch` makes a branch of an experiment's commit: the card names the experiment.
+        run(project, sys.executable, "-m", "dvc", "exp", "branch", "trim-150", "from-exp")
+        git(project, "checkout", "-q", "from-exp")
+        expected = "trim-150"
+    commit = git(project, "rev-parse", "HEAD").strip()
+
+    status, out, err = run_release(capsys, monkeypatch, "--dry-run")
+
+    assert status == 0, err
+    assert f'"Part 2/2 of {expected}, git {commit}"' in out
+    assert f"**{expected}, part 2/2**" in Path("release/README.md").read_text()
 
 
 def test_a_hub_error_is_one_line(

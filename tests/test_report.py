@@ -175,16 +175,21 @@ def chromium() -> str:
     )
 
 
+def dump_dom(path, tmp_path, *flags: str, budget_ms: int = 5000) -> str:
+    """The DOM of the page at `path` once headless Chromium has run it for `budget_ms` of virtual time."""
+    command = [
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", *flags,
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
+        f"--virtual-time-budget={budget_ms}", "--dump-dom", path.as_uri(),
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
 def open_in_chromium(page: str, tmp_path) -> dict:
     path = tmp_path / "report.html"
     path.write_text(page.replace("</body>", MEASURE + "</body>"))
-    command = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900", "--virtual-time-budget=5000",
-        "--dump-dom", path.as_uri(),
-    ]  # fmt: skip
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = dump_dom(path, tmp_path)
     found = re.search(r'data-layout="([^"]*)"', dom)
     assert found, f"Chromium did not lay out the page:\n{dom[:2000]}"
     return json.loads(html.unescape(found[1]))

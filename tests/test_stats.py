@@ -32,3 +32,18 @@ def test_a_count_of_zero_records_nothing_and_extra_goes_into_the_summary():
     stats.extra["rows"] = 5
     assert stats.source_table() == {}
     assert stats.to_dict() == {"in": 1, "out": 1, "dropped": {}, "quarantined": 0, "rows": 5}
+
+
+def test_the_source_table_always_has_in_and_out_and_added_sources_show_at_zero():
+    stats = StageStats()
+    stats.add_sources(["emptied", "logs"])
+    stats.drop("short_replies", "logs", 2)
+    assert stats.source_table() == {
+        "emptied": {"in": 0, "out": 0},
+        "logs": {"dropped_short_replies": 2, "in": 2, "out": 0},
+    }
+    assert stats.source_table(("in", "out", "quarantined")) == {
+        "emptied": {"in": 0, "out": 0, "quarantined": 0},
+        "logs": {"in": 2, "out": 0, "quarantined": 0},
+    }
+    assert stats.to_dict() == {"in": 2, "out": 0, "dropped": {"short_replies": 2}, "quarantined": 0}

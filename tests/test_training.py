@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_stage, write_workspace
 
 from chatmill.errors import ChatmillError
 from chatmill.training import (
@@ -10,7 +9,6 @@ from chatmill.training import (
     accumulation_steps,
     deepspeed_config,
     eval_rows,
-    launch_command,
     learning_rate,
     micro_batches,
     newest_checkpoint,
@@ -19,8 +17,6 @@ from chatmill.training import (
     set_rng_state,
     validate_train,
 )
-
-SCRIPT = ROOT / "stages" / "train.py"
 
 TRAIN = {
     "parts": 10,
@@ -33,7 +29,10 @@ TRAIN = {
     "zero_stage": 1,
     "bf16": True,
     "seed": 0,
+    "adapter": "none",
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
     "gpus": 4,
+    "cpu_ranks": 1,
     "hostfile": None,
     "save_every": 20,
     "gradient_checkpointing": True,
@@ -64,45 +63,6 @@ def test_deepspeed_config_carries_zero_stage_and_bf16():
     assert config["train_batch_size"] == 256 and config["gradient_accumulation_steps"] == 8
 
 
-def test_launch_command_for_gpus_and_nodes(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    # 4 GPUs on one node; the ranks read LOCAL_RANK, so no --local_rank argument reaches argparse
-    command = launch_command(TRAIN, part=3, script=SCRIPT)
-    assert command[:4] == ["deepspeed", "--no_local_rank", "--num_gpus", "4"]
-    assert command[-3:] == [str(SCRIPT), "--part", "3"]
-    # 2 nodes of 4 GPUs from a hostfile; gpus 0 takes every slot the hostfile lists
-    nodes = launch_command({**TRAIN, "hostfile": "hostfile"}, part=1, script=SCRIPT)
-    assert nodes[:6] == ["deepspeed", "--no_local_rank", "--hostfile", "hostfile", "--num_gpus", "4"]
-    assert launch_command({**TRAIN, "gpus": 0, "hostfile": "hostfile"}, part=1, script=SCRIPT)[:4] == [
-        "deepspeed",
-        "--no_local_rank",
-        "--hostfile",
-        "hostfile",
-    ]
-    assert launch_command({**TRAIN, "gpus": 0}, part=1, script=SCRIPT) is None
-    assert launch_command({**TRAIN, "gpus": 1}, part=1, script=SCRIPT) is None  # one GPU: this process
-    monkeypatch.setenv("LOCAL_RANK", "0")  # already launched: run in this process
-    assert launch_command(TRAIN, part=1, script=SCRIPT) is None
-
-
-def test_the_train_stage_launches_itself_through_deepspeed(tmp_path, monkeypatch):
-    """With several GPUs, stages/train.py re-runs itself (this very file) under the launcher, with
-    its exit status."""
-    import shutil
-    import subprocess
-
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.chdir(tmp_path)
-    write_workspace(tmp_path, {"train": {"gpus": 4, "global_batch": 32, "micro_batch": 8}})
-    launched = []
-    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(subprocess, "call", lambda command: launched.append(command) or 3)
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage("train", "--part", "2")
-    assert exit_info.value.code == 3
-    assert launched == [["deepspeed", "--no_local_rank", "--num_gpus", "4", str(SCRIPT), "--part", "2"]]
-
-
 def test_bad_train_params_are_named():
     with pytest.raises(ChatmillError, match="train.zero_stage=4"):
         validate_train({**TRAIN, "zero_stage": 4})
@@ -112,6 +72,12 @@ def test_bad_train_params_are_named():
         validate_train({**TRAIN, "peak_tflops": 0})
     with pytest.raises(ChatmillError, match="train.compile must be bool"):
         validate_train({**TRAIN, "compile": "yes"})
+    with pytest.raises(ChatmillError, match="train.cpu_ranks=0 must be positive"):
+        validate_train({**TRAIN, "cpu_ranks": 0})
+    with pytest.raises(
+        ChatmillError, match=r"train.cpu_ranks=2 is for a machine without GPUs, but train.gpus"
+    ):
+        validate_train({**TRAIN, "cpu_ranks": 2})
     with pytest.raises(ChatmillError, match="train.save_every is missing"):
         validate_train({key: value for key, value in TRAIN.items() if key != "save_every"})
 
@@ -151,10 +117,16 @@ def test_fingerprint_changes_with_params_world_size_and_inputs(tmp_path):
     assert run_fingerprint(TRAIN, 2, 4, inputs) != fingerprint
     assert run_fingerprint(TRAIN, 1, 2, inputs) != fingerprint
     for key in WEIGHT_KEYS:  # every key that changes the weights changes it
-        changed = not TRAIN[key] if isinstance(TRAIN[key], bool) else TRAIN[key] + 1
+        changed = {
+            bool: lambda value: not value,
+            str: lambda value: "lora",
+            dict: lambda value: value | {"r": 4},
+        }
+        changed = changed.get(type(TRAIN[key]), lambda value: value + 1)(TRAIN[key])
         assert run_fingerprint({**TRAIN, key: changed}, 1, 4, inputs) != fingerprint, key
-    settings = {"gpus": 4, "hostfile": "hostfile", "save_every": 7, "gradient_checkpointing": False}
-    settings |= {"compile": True, "fused_optimizer": False, "peak_tflops": 1.0}
+    settings = {"gpus": 4, "cpu_ranks": 2, "hostfile": "hostfile", "save_every": 7}
+    settings |= {"gradient_checkpointing": False, "compile": True, "fused_optimizer": False}
+    settings |= {"peak_tflops": 1.0}
     assert settings.keys() == set(SETTING_KEYS)  # speed and logging only: a checkpoint stays valid
     assert run_fingerprint({**TRAIN, **settings}, 1, 4, inputs) == fingerprint
     (tmp_path / "shard/input_ids.npy").write_bytes(b"12345")

@@ -1,7 +1,12 @@
+import json
+from collections import Counter
+
 import pytest
 from conftest import run_stage, write_workspace
 
 from chatmill.errors import ChatmillError
+from chatmill.io import write_parquet
+from chatmill.schema import CONVERSATION_SCHEMA
 from chatmill.trim import (
     histogram_csv,
     keep_probability,
@@ -67,8 +72,6 @@ def test_bad_trim_params_give_one_line_errors(change, message):
 
 
 def test_histogram_csv_has_both_series():
-    from collections import Counter
-
     text = histogram_csv(Counter({0: 5, 2: 1}), Counter({2: 1}), bin_width=6)
     lines = text.splitlines()
     assert lines[0] == "median_reply_length,before,after"
@@ -78,9 +81,6 @@ def test_histogram_csv_has_both_series():
 def test_a_trim_that_keeps_nothing_fails_clearly_and_writes_nothing(
     tmp_path, monkeypatch, capsys, conversation_factory
 ):
-    from chatmill.io import write_parquet
-    from chatmill.schema import CONVERSATION_SCHEMA
-
     monkeypatch.chdir(tmp_path)
     sources = {"logs": {"uri": "logs.jsonl", "format": "pippa", "trim": True, "weight": 1}}
     write_workspace(tmp_path, {"trim": {**DEFAULTS, "threshold": 150}, "sources": sources}, replace=True)
@@ -94,3 +94,32 @@ def test_a_trim_that_keeps_nothing_fails_clearly_and_writes_nothing(
         "error: length-trim kept 0 of 5 conversations; lower trim.threshold (now 150 words)"
     )
     assert not (tmp_path / "data/trimmed").exists()
+
+
+def test_a_source_trimmed_to_nothing_is_in_stats_json_with_out_0_and_a_warning(
+    tmp_path, monkeypatch, capsys, conversation_factory
+):
+    monkeypatch.chdir(tmp_path)
+    sources = {
+        name: {"uri": f"{name}.jsonl", "format": "sharegpt", "trim": trim, "weight": 1}
+        for name, trim in (("logs", True), ("chitchat", True), ("tasks", False), ("archive", True))
+    }
+    write_workspace(tmp_path, {"trim": DEFAULTS, "sources": sources}, replace=True)
+    (tmp_path / "data/clean").mkdir(parents=True)
+    long_reply = " ".join(["word"] * 60)
+    rows = [conversation_factory(f"l{i}", source="logs", bot_replies=(long_reply,)) for i in range(3)]
+    rows += [conversation_factory(f"c{i}", source="chitchat", bot_replies=("Yes.",)) for i in range(4)]
+    rows += [conversation_factory(f"t{i}", source="tasks", bot_replies=("Done.",)) for i in range(2)]
+    write_parquet(tmp_path / "data/clean/conversations.parquet", CONVERSATION_SCHEMA, rows)
+    run_stage("length_trim")
+    stats = json.loads((tmp_path / "data/trimmed/stats.json").read_text())
+    assert stats["sources"] == {
+        "archive": {"in": 0, "out": 0, "trimmed": True},  # clean kept none of it
+        "chitchat": {"in": 4, "out": 0, "trimmed": True},
+        "logs": {"in": 3, "out": 3, "trimmed": True},
+        "tasks": {"in": 2, "out": 2, "trimmed": False},
+    }
+    assert capsys.readouterr().err == (
+        "warning: length-trim kept 0 of the 4 conversations of source 'chitchat' (trim.threshold is 8 "
+        "words); mix.on_empty says what mix does\n"
+    )
