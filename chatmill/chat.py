@@ -1,12 +1,14 @@
 """Chat with a chatmill model in the terminal: `make chat [MODEL=models/part-03] [PERSONA=card.yaml]`
 (default: the last trained part).
 
-The prompt is the training format (persona header, <START>, "You:" and "{bot}:" turns); a reply ends
-at the end-of-turn token or where the model starts your next "You:" line, and is printed as it is
-generated. Sampling settings change while you chat (/temp, /top_p, /top_k, /rep, /max); /regen draws
-a new reply, /undo takes back the last exchange. Lines are edited and recalled (arrow keys) with
-readline; the history is kept in $XDG_STATE_HOME/chatmill/chat_history. The web page
-(chatmill.webchat) is built from the same pieces. A persona card is a YAML (or JSON) file:
+The prompt is the model's training format (prompt.format, recorded with its tokenizer: Pygmalion's
+persona header, <START>, "You:" and "{bot}:" turns, or ChatML's, or the base model's chat template);
+a reply ends at the end-of-turn token or where the model starts your next turn ("You:",
+<|im_start|>), and is printed as it is generated. Sampling settings change while you chat (/temp,
+/top_p, /top_k, /rep, /max); /regen draws a new reply, /undo takes back the last exchange. Lines are
+edited and recalled (arrow keys) with readline; the history is kept in
+$XDG_STATE_HOME/chatmill/chat_history. The web page (chatmill.webchat) is built from the same
+pieces. A persona card is a YAML (or JSON) file:
 
     bot_name: Aria
     persona: A cheerful tour guide in an old harbour town.
@@ -34,7 +36,6 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.generation import (
-    NEXT_USER_TURN,
     Reply,
     Setting,
     device,
@@ -46,7 +47,8 @@ from chatmill.generation import (
     pad_id,
     setting_problem,
 )
-from chatmill.layout import model_dir, trained_parts
+from chatmill.layout import is_model_folder, model_dir, trained_parts
+from chatmill.prompt import prompt_format
 from chatmill.records import ASSISTANT_NAME, ASSISTANT_PERSONA
 from chatmill.schema import USER_NAME, Conversation, Turn
 
@@ -141,14 +143,15 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: Chat, context: int) -> 
     return fit_prompt(tokenizer, header, turns, context - chat.max_new_tokens)
 
 
-def shown(text: str) -> str:
-    """The part of a reply being generated that is sure to stay: up to the user's next turn, without a
-    tail that may turn out to be its start (a newline, "Yo")."""
-    text = text.split(NEXT_USER_TURN, 1)[0]
-    for size in range(len(NEXT_USER_TURN) - 1, 0, -1):
-        if text.endswith(NEXT_USER_TURN[:size]):
-            text = text[:-size]
-            break
+def shown(text: str, turn_strings: tuple[str, ...]) -> str:
+    """The part of a reply being generated that is sure to stay: up to the user's next turn (the
+    format's turn_strings), without a tail that may turn out to be its start (a newline, "Yo")."""
+    for turn in turn_strings:
+        text = text.split(turn, 1)[0]
+        for size in range(len(turn) - 1, 0, -1):
+            if text.endswith(turn[:size]):
+                text = text[:-size]
+                break
     return text.strip()
 
 
@@ -159,12 +162,13 @@ class ReplyStream:
 
     pieces: Iterator[str]  # decoded text as the model writes it
     result: Callable[[], Reply]
+    turn_strings: tuple[str, ...]  # the text where the user's next turn starts (Stops.turn_strings)
 
     def __iter__(self) -> Iterator[str]:
         text = ""
         for piece in self.pieces:
             text += piece
-            yield shown(text)
+            yield shown(text, self.turn_strings)
         yield self.reply.text
 
     @cached_property
@@ -174,9 +178,10 @@ class ReplyStream:
 
 def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat: Chat) -> ReplyStream:
     """The bot's next reply, generated in a thread and streamed through transformers' streamer; it ends
-    as sample-eval's replies do (chatmill.generation: end-of-turn token, next "You:" line, length)."""
+    as sample-eval's replies do (chatmill.generation: end-of-turn token, the next turn, length)."""
     ids = prompt_ids(tokenizer, chat, model.config.max_position_embeddings)
-    config = generation_config(chat.setting, chat.max_new_tokens, tokenizer.eos_token_id, pad_id(tokenizer))
+    stops = prompt_format(tokenizer).stops
+    config = generation_config(chat.setting, chat.max_new_tokens, stops, pad_id(tokenizer))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     outcome: dict[str, Any] = {}
 
@@ -192,7 +197,7 @@ def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cha
                 streamer=streamer,
             )
             new = output[0, len(ids) :].tolist()
-            outcome["reply"] = finish(tokenizer, new, config.eos_token_id, config.pad_token_id)
+            outcome["reply"] = finish(tokenizer, new, stops, config.pad_token_id)
         except BaseException as error:  # re-raised in the caller's thread, by result()
             outcome["error"] = error
             streamer.end()  # the reader would otherwise wait forever
@@ -206,7 +211,7 @@ def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cha
             raise outcome["error"]
         return outcome["reply"]
 
-    return ReplyStream(streamer, result)
+    return ReplyStream(streamer, result, stops.turn_strings)
 
 
 def describe(chat: Chat) -> str:
@@ -343,7 +348,7 @@ def load_chat_model(
     an assistant), for the terminal and the web chat."""
     trained = trained_parts()
     folder = model or (model_dir(trained[-1]) if trained else None)
-    if folder is None or not (folder / "config.json").is_file():
+    if folder is None or not is_model_folder(folder):
         raise ChatmillError(
             f"chat: {folder or 'models/'} has no trained model; run `dvc repro` or pass MODEL="
         )

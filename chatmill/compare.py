@@ -18,7 +18,7 @@ from typing import Any
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.evaluation import evaluate, report_run, validate_eval
 from chatmill.io import atomic_write_text
-from chatmill.layout import BREAKDOWN_FILE, COMPARE_FILE, SAMPLES_FILE
+from chatmill.layout import BREAKDOWN_FILE, COMPARE_FILE, SAMPLES_FILE, is_model_folder
 from chatmill.params import load_params
 from chatmill.rating import rating_section
 from chatmill.report import render_report
@@ -63,10 +63,6 @@ def diff_table(rows: list[tuple[str, float | None, float | None]], labels: tuple
         )
         for line in lines
     )
-
-
-def is_model_folder(source: str) -> bool:
-    return (Path(source) / "config.json").is_file()
 
 
 def revision_files(source: str) -> tuple[str, str]:

@@ -60,6 +60,7 @@ from chatmill.metrics import (
     words,
 )
 from chatmill.params import require
+from chatmill.prompt import check_format, prompt_format
 from chatmill.report import Run, render_report
 from chatmill.schema import USER_NAME, Conversation, Turn, make_conversation
 from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard
@@ -236,6 +237,7 @@ def sample_all(
     encoded = [prompt_ids(tokenizer, prompt, max_prompt) for prompt in prompts]
     texts = [tokenizer.decode(ids) for ids in encoded]
     repeats = params["samples_per_prompt"]
+    stops = prompt_format(tokenizer).stops
     jobs = [(index, sample) for index in range(len(prompts)) for sample in range(repeats)]
     samples = []
     with Progress(transient=True) as progress:
@@ -243,9 +245,7 @@ def sample_all(
         for number, setting in enumerate(params["grid"]):
             progress.update(task, description=f"sampling {setting.name}")
             torch.manual_seed(params["seed"] + number)  # each setting reproducible on its own
-            config = generation_config(
-                setting, params["max_new_tokens"], tokenizer.eos_token_id, pad_id(tokenizer)
-            )
+            config = generation_config(setting, params["max_new_tokens"], stops, pad_id(tokenizer))
             replies = generate_replies(
                 model,
                 tokenizer,
@@ -298,8 +298,12 @@ def missing_model_hint(model_dir: Path) -> str:
     return f"run `dvc repro train-part{int(part[1])}` or set eval.model" if part else "set eval.model"
 
 
-def evaluate(model_dir: Path, params: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Held-out loss on the eval shard, then every prompt set across the grid: (metrics, samples)."""
+def evaluate(
+    model_dir: Path, params: dict[str, Any], expected_format: str | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Held-out loss on the eval shard, then every prompt set across the grid: (metrics, samples). The
+    prompts are in the format the model's tokenizer records, which must be `expected_format` when
+    given (the stage's prompt.format)."""
     if not model_dir.is_dir():
         raise ChatmillError(f"sample-eval: {model_dir} not found; {missing_model_hint(model_dir)}")
     conversations = EVAL_SHARD_DIR / CONVERSATIONS
@@ -320,6 +324,13 @@ def evaluate(model_dir: Path, params: dict[str, Any]) -> tuple[dict[str, Any], l
         )
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if expected_format is not None:
+        check_format(
+            tokenizer,
+            expected_format,
+            f"sample-eval: {model_dir}",
+            "set eval.model to a model trained with it, or re-run its training (`dvc repro`)",
+        )
     model = load_model(model_dir, device())
     loss = eval_loss(model, load_shard(EVAL_SHARD_DIR), params["batch_size"])
     samples = sample_all(model, tokenizer, heldout + fixed, params)

@@ -1,9 +1,10 @@
 """Sampling replies from a chatmill model, shared by sample-eval, the chat and the benchmark.
 
 Every sampling value is explicit (top_k 0 = off) and the checkpoint's own generation defaults are
-dropped, so a reply is sampled exactly as the setting says. A reply ends at the end-of-turn token
-(EOS) or where the model starts the user's next turn ("\\nYou:"); the stop reason is kept, so a
-reply cut off by max_new_tokens can be told apart from one that ended cleanly.
+dropped, so a reply is sampled exactly as the setting says. A reply ends where the prompt format of
+the tokenizer says (chatmill.prompt's Stops): at its end-of-turn token (EOS, <|im_end|>), or where
+the model starts the user's next turn ("\\nYou:", <|im_start|>); the stop reason is kept, so a reply
+cut off by max_new_tokens can be told apart from one that ended cleanly.
 """
 
 from collections.abc import Callable, Sequence
@@ -16,11 +17,10 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from chatmill.errors import ChatmillError
 from chatmill.params import require
-from chatmill.prompt import encode_prompt
-from chatmill.schema import USER_NAME, Conversation, Turn
+from chatmill.prompt import Stops, encode_prompt, prompt_format
+from chatmill.schema import Conversation, Turn
 
-NEXT_USER_TURN = f"\n{USER_NAME}:"
-STOPS = ("eos", "turn", "max_tokens")  # why a reply ended: end-of-turn token, next "You:" line, length
+STOPS = ("eos", "turn", "max_tokens")  # why a reply ended: end-of-turn token, the next turn, length
 GRID_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 
@@ -107,10 +107,11 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def generation_config(setting: Setting, max_new_tokens: int, eos_id: int, pad: int) -> GenerationConfig:
+def generation_config(setting: Setting, max_new_tokens: int, stops: Stops, pad: int) -> GenerationConfig:
     """All four sampling values passed explicitly. transformers applies top-k only when top_k is
-    neither None nor 0, so top_k=0 is off; None would fall back to its default of 50. The stop string
-    needs the tokenizer passed to generate()."""
+    neither None nor 0, so top_k=0 is off; None would fall back to its default of 50. Generation ends
+    at the format's end-of-turn and turn-start tokens and its stop strings, which need the tokenizer
+    passed to generate()."""
     return GenerationConfig(
         do_sample=True,
         num_beams=1,
@@ -119,9 +120,9 @@ def generation_config(setting: Setting, max_new_tokens: int, eos_id: int, pad: i
         top_k=setting.top_k,
         repetition_penalty=setting.repetition_penalty,
         max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id,
+        eos_token_id=[*stops.end_ids, *stops.turn_ids],
         pad_token_id=pad,
-        stop_strings=NEXT_USER_TURN,
+        stop_strings=list(stops.turn_strings) or None,
         use_cache=True,
     )
 
@@ -144,19 +145,24 @@ def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     return torch.tensor(ids), torch.tensor(mask)
 
 
-def finish(tokenizer: PreTrainedTokenizerBase, new: list[int], eos_id: int, pad: int) -> Reply:
-    """The bot's turn from the generated ids: up to EOS, cut where the user's next turn starts.
-    After a row stops, generate() fills it with padding, which is not counted."""
-    ended = eos_id in new
-    if ended:
-        new = new[: new.index(eos_id) + 1]
+def finish(tokenizer: PreTrainedTokenizerBase, new: list[int], stops: Stops, pad: int) -> Reply:
+    """The bot's turn from the generated ids: up to the first end-of-turn or turn-start token, cut
+    where the text of the user's next turn starts. After a row stops, generate() fills it with
+    padding, which is not counted."""
+    stop_ids = {*stops.end_ids, *stops.turn_ids}
+    stop = next((index for index, token in enumerate(new) if token in stop_ids), None)
+    if stop is not None:
+        new = new[: stop + 1]
     else:
         while new and new[-1] == pad:
             new = new[:-1]
     text = tokenizer.decode(new, skip_special_tokens=True)
-    if NEXT_USER_TURN in text:
-        return Reply(text.split(NEXT_USER_TURN, 1)[0].strip(), len(new), "turn")
-    return Reply(text.strip(), len(new), "eos" if ended else "max_tokens")
+    for turn in stops.turn_strings:
+        if turn in text:
+            return Reply(text.split(turn, 1)[0].strip(), len(new), "turn")
+    if stop is None:
+        return Reply(text.strip(), len(new), "max_tokens")
+    return Reply(text.strip(), len(new), "eos" if new[-1] in stops.end_ids else "turn")
 
 
 @torch.inference_mode()
@@ -172,6 +178,7 @@ def generate_replies(
     are batched longest first, so similar lengths share a batch (little padding) and the largest batch
     comes first (out of memory shows at once)."""
     order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
+    stops = prompt_format(tokenizer).stops
     replies: dict[int, Reply] = {}
     for first in range(0, len(order), batch_size):
         batch = order[first : first + batch_size]
@@ -183,7 +190,7 @@ def generate_replies(
             tokenizer=tokenizer,
         )
         for index, new in zip(batch, output[:, ids.shape[1] :].tolist(), strict=True):
-            replies[index] = finish(tokenizer, new, config.eos_token_id, config.pad_token_id)
+            replies[index] = finish(tokenizer, new, stops, config.pad_token_id)
         if on_batch is not None:
             on_batch(len(batch))
     return [replies[index] for index in range(len(prompts))]

@@ -42,9 +42,13 @@ def live_dir(part: int) -> Path:
     return DVCLIVE_DIR / part_name(part)
 
 
+def is_model_folder(folder: Path) -> bool:
+    """A model in transformers' layout: whole weights (config.json), or a part's adapters in peft's
+    (adapter_config.json), which transformers loads over the base they name."""
+    return (Path(folder) / "config.json").is_file() or (Path(folder) / "adapter_config.json").is_file()
+
+
 def trained_parts() -> list[int]:
     """The parts with a trained model in models/, in order."""
     found = (path.name.removeprefix("part-") for path in MODELS_DIR.glob("part-*"))
-    return sorted(
-        int(part) for part in found if part.isdigit() and (model_dir(int(part)) / "config.json").is_file()
-    )
+    return sorted(int(part) for part in found if part.isdigit() and is_model_folder(model_dir(int(part))))

@@ -24,8 +24,8 @@ from chatmill.errors import ChatmillError
 from chatmill.io import atomic_dir, read_json, record_batches, stable_hash, write_json
 from chatmill.layout import STATS
 from chatmill.params import require
-from chatmill.prompt import render_text
-from chatmill.schema import CONVERSATION_SCHEMA
+from chatmill.prompt import PromptFormat, Refused, check_format, prompt_format, validate_format
+from chatmill.schema import CONVERSATION_SCHEMA, Conversation
 from chatmill.stats import StageStats
 
 MIX_BY = ("conversations", "tokens")
@@ -107,8 +107,18 @@ def copies_per_conversation(take_keys: np.ndarray, costs: np.ndarray, budget: fl
 def conversation_costs(batch: pa.RecordBatch, by: str, tokenizer) -> list[int]:
     if by == "conversations":
         return [1] * batch.num_rows
-    texts = [render_text(conversation, tokenizer.eos_token) for conversation in batch.to_pylist()]
+    form = prompt_format(tokenizer)
+    texts = [written(form, conversation) for conversation in batch.to_pylist()]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def written(form: PromptFormat, conversation: Conversation) -> str:
+    """The conversation as the prompt format writes it; "" (no tokens) for one it cannot, which shard
+    drops (chat_template_refused)."""
+    try:
+        return form.render_text(conversation)
+    except Refused:
+        return ""
 
 
 def measure(
@@ -295,12 +305,18 @@ def limit_warnings(
 
 
 def mix_file(
-    in_file: Path, out_dir: Path, weights: dict[str, float], section: dict, tokenizer_dir: Path
+    in_file: Path,
+    out_dir: Path,
+    weights: dict[str, float],
+    section: dict,
+    tokenizer_dir: Path,
+    prompt: dict | None = None,
 ) -> dict:
     """The mix stage: in_file's conversations, down- or up-sampled to their source's weight share and
-    shuffled, into out_dir (replaced only when complete) with stats.json; the tokenizer of
-    tokenizer_dir counts tokens when mix.by is tokens. length-trim's stats.json beside in_file says
-    what emptied a source."""
+    shuffled, into out_dir (replaced only when complete) with stats.json; when mix.by is tokens, the
+    tokenizer of tokenizer_dir counts the tokens of each conversation written in the prompt format
+    of `prompt` (the params section). length-trim's stats.json beside in_file says what emptied a
+    source."""
     section = validate_mix(section)
     by, seed, max_repeat = section["by"], section["seed"], section["max_repeat"]
     trimmed_stats = in_file.with_name(STATS)
@@ -309,6 +325,8 @@ def mix_file(
         from transformers import AutoTokenizer  # only here: it pulls in torch, ~200 MB of memory
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        where, fix = f"mix: {tokenizer_dir}", "run `dvc repro base-model`"
+        check_format(tokenizer, validate_format(prompt or {}), where, fix)
 
     source_index, costs, take_keys = measure(in_file, by, tokenizer, list(weights), seed)
     members = {name: source_index == position for position, name in enumerate(weights)}

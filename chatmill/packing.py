@@ -1,12 +1,14 @@
 """Packing (the shard stage): mixed conversations -> packed token sequences, split into training
 parts and an eval set.
 
-Each conversation is encoded in the Pygmalion format with loss on bot turns only (all of its bot
-turns in one pass). A conversation longer than shard.seq_len is cut at turn boundaries into
-windows that each repeat the persona header. Windows are packed first-fit into seq_len sequences;
-position ids restart per window, so no token attends across windows. The eval split is held out
-by conversation id; the training sequences are cut into train.parts parts of equal token budget,
-each a whole number of global batches.
+Each conversation is encoded in the prompt format models/base's tokenizer was prepared for
+(prompt.format, chatmill.prompt) with loss on bot turns only (all of its bot turns in one pass). A
+conversation longer than shard.seq_len is cut at turn boundaries into windows that each repeat the
+persona header. Windows are packed first-fit into seq_len sequences; position ids restart per
+window, so no token attends across windows. The eval split is held out by conversation id; the
+training sequences are cut into train.parts parts of equal token budget, each a whole number of
+global batches. A conversation the format cannot write (prompt.format: base, a chat template that
+refuses it) is dropped with the reason chat_template_refused.
 
 Memory stays flat at any input size: conversations stream through the worker processes a record
 batch at a time, packed sequences go straight to work files on disk and are copied into the parts
@@ -16,6 +18,7 @@ a chunk at a time, and the eval conversations are written in a second read of th
 import functools
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +43,7 @@ from chatmill.io import (
 )
 from chatmill.layout import part_name
 from chatmill.params import require
-from chatmill.prompt import Encoded, encode_conversations
+from chatmill.prompt import Encoded, Refused, check_format, encode_conversations
 from chatmill.schema import CONVERSATION_SCHEMA, Conversation
 from chatmill.shards import ARRAYS, IGNORE_INDEX
 from chatmill.stats import StageStats
@@ -214,22 +217,28 @@ class EncodedBatch:
     conversation_ids: list[str] = field(default_factory=list)
     held_out: list[bool] = field(default_factory=list)
     truncated_turns: list[int] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # why the format could not write it; "" if it could
     window_counts: list[int] = field(default_factory=list)  # per conversation
     window_lengths: list[int] = field(default_factory=list)
     token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
 
-    def conversations(self) -> Iterator[tuple[str, bool, int, list[Window]]]:
-        """(id, held out, truncated turns, windows) per conversation, in batch order."""
+    def conversations(self) -> Iterator[tuple[str, bool, int, str, list[Window]]]:
+        """(id, held out, truncated turns, refusal, windows) per conversation, in batch order."""
         ends = np.cumsum(self.window_lengths, dtype=np.int64).tolist()
         bounds = iter(zip([0, *ends], ends, strict=False))
-        for conversation_id, held_out, truncated, count in zip(
-            self.conversation_ids, self.held_out, self.truncated_turns, self.window_counts, strict=True
+        for conversation_id, held_out, truncated, refusal, count in zip(
+            self.conversation_ids,
+            self.held_out,
+            self.truncated_turns,
+            self.refusals,
+            self.window_counts,
+            strict=True,
         ):
             conversation_windows = [
                 (self.token_ids[start:end], self.labels[start:end]) for start, end in islice(bounds, count)
             ]
-            yield conversation_id, held_out, truncated, conversation_windows
+            yield conversation_id, held_out, truncated, refusal, conversation_windows
 
 
 @dataclass(frozen=True)
@@ -246,13 +255,15 @@ class BatchEncoder:
         tokenizer = load_tokenizer(self.tokenizer_dir)
         encoded, ids, supervised = EncodedBatch(), [], []
         conversations = batch.to_pylist()
-        for conversation, (header, turns) in zip(
+        for conversation, written in zip(
             conversations, encode_conversations(tokenizer, conversations), strict=True
         ):
-            conversation_windows, truncated = windows(header, turns, self.seq_len)
+            refused = isinstance(written, Refused)
+            conversation_windows, truncated = ([], 0) if refused else windows(*written, self.seq_len)
             encoded.conversation_ids.append(conversation["id"])
             encoded.held_out.append(is_eval(conversation, self.eval_seed, self.eval_fraction))
             encoded.truncated_turns.append(truncated)
+            encoded.refusals.append(str(written) if refused else "")
             encoded.window_counts.append(len(conversation_windows))
             for window in conversation_windows:
                 encoded.window_lengths.append(len(window))
@@ -296,16 +307,19 @@ def build_shards(
     parts: int,
     global_batch: int,
     workers: int,
+    prompt_format: str,
 ) -> dict:
     """The shard stage: mixed_file's conversations packed into out_dir/part-01..NN and out_dir/eval
-    (replaced only when complete) with stats.json; tokenized on `workers` processes."""
+    (replaced only when complete) with stats.json; tokenized on `workers` processes in prompt_format,
+    which tokenizer_dir's tokenizer must have been prepared for."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # our own worker processes parallelize
     tokenizer = load_tokenizer(str(tokenizer_dir))
+    check_format(tokenizer, prompt_format, f"shard: {tokenizer_dir}", "run `dvc repro base-model`")
     shard = validate_shard(shard, AutoConfig.from_pretrained(tokenizer_dir).max_position_embeddings)
     seq_len = shard["seq_len"]
     encoder = BatchEncoder(str(tokenizer_dir), seq_len, shard["seed"], shard["eval_fraction"])
 
-    stats, counts, eval_ids = StageStats(), Counter(), set()
+    stats, counts, eval_ids, refusal = StageStats(), Counter(), set(), ""
     with atomic_dir(out_dir) as out, Progress(transient=True) as progress:
         train = SequenceFile(out / "work-train", seq_len)
         evaluation = SequenceFile(out / "work-eval", seq_len)
@@ -317,7 +331,11 @@ def build_shards(
         # batches come back in file order, so the output is the same for any worker count
         batches = record_batches(mixed_file, batch_size=ENCODE_BATCH)
         for _, batch in ordered_pool_map(encoder, batches, workers):
-            for conversation_id, held_out, truncated, conversation_windows in batch.conversations():
+            for conversation_id, held_out, truncated, refused, conversation_windows in batch.conversations():
+                if refused:
+                    stats.drop("chat_template_refused")
+                    refusal = refusal or f"{conversation_id}: {refused}"
+                    continue
                 if held_out and conversation_id in eval_ids:
                     stats.drop("eval_repeat")  # an up-sampled copy; the eval set holds each conversation once
                     continue
@@ -358,6 +376,12 @@ def build_shards(
         evaluation.remove()
         summary = stats.to_dict()
         write_json(out / "stats.json", summary)
+    if refusal:
+        print(
+            f"warning: shard: dropped {stats.dropped['chat_template_refused']} conversations that the chat "
+            f"template of {tokenizer_dir} refuses (stats.json: chat_template_refused); the first: {refusal}",
+            file=sys.stderr,
+        )
     print(
         f"shard: {parts} parts x {per_part} sequences of {seq_len} tokens; "
         f"eval {stats.extra['eval']['sequences']} sequences; "

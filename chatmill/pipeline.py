@@ -155,7 +155,9 @@ def data_stages(params: dict[str, Any]) -> list[Stage]:
         Stage(
             "base-model",
             "stages/base_model.py",
-            ["model.base", "model.seed", "model.scratch"] if scratch else ["model.base", "model.revision"],
+            # prompt.format: the tokenizer's markers, its recorded format and chat template
+            (["model.base", "model.seed", "model.scratch"] if scratch else ["model.base", "model.revision"])
+            + ["prompt.format"],
             # The scratch tokenizer is trained on the cleaned data; a local base folder is data too.
             [str(CLEAN_DIR)] if scratch else (["${model.base}"] if Path(model["base"]).exists() else []),
             [str(BASE_DIR)],
@@ -163,14 +165,16 @@ def data_stages(params: dict[str, Any]) -> list[Stage]:
         Stage(
             "mix",
             "stages/mix.py",
-            ["mix.by", "mix.seed", "mix.max_repeat", "mix.on_empty", *source_keys(raw_sources, "weight")],
+            ["mix.by", "mix.seed", "mix.max_repeat", "mix.on_empty", *source_keys(raw_sources, "weight")]
+            + (["prompt.format"] if by_tokens else []),  # tokens as the format writes them
             [str(TRIMMED_DIR)] + ([str(BASE_DIR)] if by_tokens else []),  # its tokenizer counts tokens
             [str(MIXED_DIR)],
         ),
         Stage(
             "shard",
             "stages/shard.py",
-            ["shard.seq_len", "shard.eval_fraction", "shard.seed", "train.parts", "train.global_batch"],
+            ["shard.seq_len", "shard.eval_fraction", "shard.seed", "train.parts", "train.global_batch"]
+            + ["prompt.format"],
             [str(MIXED_DIR), str(BASE_DIR)],
             [str(SHARDS_DIR)],
         ),
@@ -206,7 +210,7 @@ def eval_stage(adapter: bool) -> Stage:
     return Stage(
         "sample-eval",
         "stages/sample_eval.py",
-        ["eval"],
+        ["eval", "prompt.format"],
         [str(EVAL_SHARD_DIR), "${eval.model}", "${eval.prompt_sets}", *([str(BASE_DIR)] if adapter else [])],
         [str(SAMPLES_FILE), str(REPORT_FILE), str(BREAKDOWN_FILE)],
         # Only the headline numbers are DVC metrics (every metric would be hundreds of columns in

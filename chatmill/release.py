@@ -27,6 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from huggingface_hub import HfApi, ModelCardData, get_token
 from huggingface_hub.errors import HTTPError
@@ -37,8 +38,9 @@ from transformers.utils.logging import disable_progress_bar
 import chatmill
 from chatmill.errors import ChatmillError, exit_on_error
 from chatmill.generation import Setting, validate_grid
-from chatmill.io import atomic_dir, read_json
+from chatmill.io import atomic_dir, read_json, write_json
 from chatmill.layout import (
+    BASE_DIR,
     BREAKDOWN_FILE,
     CLEAN_DIR,
     MIXED_DIR,
@@ -52,7 +54,8 @@ from chatmill.layout import (
     trained_parts,
 )
 from chatmill.params import load_params, require
-from chatmill.prompt import chat_template, render_text
+from chatmill.prompt import PromptFormat, prompt_format
+from chatmill.schema import USER_NAME, Conversation, Turn
 from chatmill.sources import HubDataset, HubFile, parse_uri, validate_sources
 
 LOCK_FILE = Path("dvc.lock")
@@ -73,6 +76,19 @@ STALE_WEIGHTS = [
     "pytorch_model*.bin.index.json",
 ]
 VERSIONS = ("transformers", "torch", "huggingface_hub", "dvc")
+# A conversation of placeholders: how the card shows the prompt format and its template variables.
+EXAMPLE = Conversation(
+    id="example",
+    source="example",
+    bot_name="{bot}",
+    persona="{persona}",
+    scenario="{scenario}",
+    turns=[
+        Turn(role="user", name=USER_NAME, text="{user message}"),
+        Turn(role="bot", name="{bot}", text="{reply}"),
+    ],
+    meta="{}",
+)
 
 
 # --- Params --------------------------------------------------------------------------------------
@@ -89,6 +105,7 @@ class ReleaseParams:
     max_shard_size: str
     license: str
     tags: list[str]
+    merge: bool  # an adapter part: the merged model (True), or the adapters alone for a Hub base
 
 
 def _nonempty(section: dict[str, Any], key: str) -> str:
@@ -132,6 +149,7 @@ def validate_release(section: dict[str, Any], grid: list[Setting], repo: str | N
         max_shard_size=max_shard_size,
         license=_nonempty(section, "license"),
         tags=tags,
+        merge=require(section, "merge", "release", bool),
     )
 
 
@@ -214,8 +232,11 @@ def hub_base_model(base: str) -> str | None:
 def generation_config(
     setting: Setting, max_new_tokens: int, tokenizer: PreTrainedTokenizerBase
 ) -> GenerationConfig:
-    """The recommended setting, every value explicit (top_k 0 = off), and where a reply ends."""
+    """The recommended setting, every value explicit (top_k 0 = off), and where a reply ends: the prompt
+    format's end-of-turn and turn-start tokens (one id where there is one)."""
     eos_id = tokenizer.eos_token_id
+    stops = prompt_format(tokenizer).stops
+    stop_ids = [*stops.end_ids, *stops.turn_ids]
     return GenerationConfig(
         do_sample=True,
         temperature=setting.temperature,
@@ -224,9 +245,39 @@ def generation_config(
         repetition_penalty=setting.repetition_penalty,
         max_new_tokens=max_new_tokens,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos_id,
+        eos_token_id=stop_ids[0] if len(stop_ids) == 1 else stop_ids,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
     )
+
+
+def is_adapter(model_dir: Path) -> bool:
+    """A part trained with train.adapter holds only its adapters, in peft's layout."""
+    return (model_dir / "adapter_config.json").is_file()
+
+
+def adapter_base(params: dict[str, Any], release: ReleaseParams) -> tuple[str, str] | None:
+    """For adapters released alone: the Hub base they need, and its revision; None otherwise. A
+    base that is not on the Hub (scratch, a local folder) cannot be named for users to load."""
+    if release.merge:
+        return None
+    base = str(params["model"]["base"])
+    if hub_base_model(base) is None:
+        raise ChatmillError(
+            f"release: release.merge: false publishes the adapters alone, for a base model on the Hub, "
+            f"but model.base is {base!r}; set release.merge: true to publish the merged model"
+        )
+    return base, str(params["model"]["revision"])
+
+
+def release_model(model_dir: Path, merge: bool) -> torch.nn.Module:
+    """The model to publish: a whole part as it is; an adapter part over models/base, merged into
+    it or left as adapters."""
+    if not is_adapter(model_dir):
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype="auto"), model_dir)
+    return model.merge_and_unload() if merge else model
 
 
 def build_folder(
@@ -236,13 +287,23 @@ def build_folder(
     release: ReleaseParams,
     max_new_tokens: int,
     card: str,
+    base: tuple[str, str] | None = None,
 ) -> list[Path]:
-    """Write the release folder (replacing any earlier one); return its files, relative to it."""
-    tokenizer.chat_template = chat_template(release.bot_name)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
-    model.generation_config = generation_config(release.sampling, max_new_tokens, tokenizer)
+    """Write the release folder (replacing any earlier one); return its files, relative to it.
+    With `base` (Hub id, revision), the adapters alone, pointing at that base."""
+    tokenizer.chat_template = prompt_format(tokenizer).chat_template(release.bot_name)
+    model = release_model(model_dir, merge=base is None)
+    config = generation_config(release.sampling, max_new_tokens, tokenizer)
     with atomic_dir(out) as folder:
-        model.save_pretrained(folder, max_shard_size=release.max_shard_size)
+        if base is None:
+            model.generation_config = config
+            model.save_pretrained(folder, max_shard_size=release.max_shard_size)
+        else:
+            model.save_pretrained(folder)
+            adapter_config = read_json(folder / "adapter_config.json")
+            adapter_config["base_model_name_or_path"], adapter_config["revision"] = base
+            write_json(folder / "adapter_config.json", adapter_config)
+            config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         (folder / "README.md").write_text(card, encoding="utf-8")
     return sorted(path.relative_to(out) for path in out.rglob("*") if path.is_file())
@@ -264,19 +325,59 @@ def counts(mapping: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in mapping.items()) or "none"
 
 
-def card_metadata(release: ReleaseParams, params: dict[str, Any]) -> str:
+def card_metadata(release: ReleaseParams, params: dict[str, Any], adapters_alone: bool) -> str:
     return ModelCardData(
         license=release.license,
         base_model=hub_base_model(str(params["model"]["base"])),
         datasets=hub_datasets(params["sources"]) or None,
         tags=release.tags or None,
         pipeline_tag="text-generation",
-        library_name="transformers",
+        library_name="peft" if adapters_alone else "transformers",
     ).to_yaml()
 
 
-def usage_section(release: ReleaseParams) -> str:
+def origin_text(params: dict[str, Any], adapter: bool, base: tuple[str, str] | None) -> str:
+    """How the published weights came about: trained whole, or adapters merged or alone."""
+    model_base, lora = str(params["model"]["base"]), params["train"].get("lora", {})
+    low_rank = f"LoRA adapters (rank {lora.get('r')}, alpha {lora.get('alpha')})"
+    if base is not None:
+        return (
+            f"fine-tuned as {low_rank} for `{base[0]}` at revision `{base[1]}` (this repository holds the "
+            "adapters alone; transformers, with peft installed, loads that base under them)"
+        )
+    if adapter:
+        under = "a base trained from scratch" if model_base == "scratch" else f"`{model_base}`"
+        return f"fine-tuned as {low_rank}, here merged into {under},"
+    return "trained from scratch" if model_base == "scratch" else f"fine-tuned from `{model_base}`"
+
+
+def usage_section(release: ReleaseParams, prompt: PromptFormat) -> str:
+    """How to chat with the model through transformers' pipeline, in its prompt format's terms."""
     repo = release.repo_id or "OWNER/NAME"
+    _, variables = prompt.messages(EXAMPLE)
+    stops = prompt.stops.turn_strings
+    arguments = ["messages"]
+    lines = []
+    if variables:
+        values = {"bot_name": "Mira", "scenario": "A stormy evening."}
+        lines.append(f"variables = {json.dumps({name: values.get(name, '') for name in variables})}")
+        arguments.append("tokenizer_encode_kwargs=variables")
+    if stops:
+        arguments.append(f"stop_sequence={json.dumps(stops[0])}")
+    call = "\n".join([*lines, f"out = chat({', '.join(arguments)})"])
+    template_variables = (
+        f"The chat template takes the variables {', '.join(f'`{name}`' for name in variables)} "
+        f"(`bot_name` defaults to **{release.bot_name}**), e.g. "
+        '`tokenizer.apply_chat_template(messages, add_generation_prompt=True, bot_name="Mira")`. '
+        if variables
+        else ""
+    )
+    run_on = (
+        f"`stop_sequence={json.dumps(stops[0])}` (or `stop_strings` and `tokenizer=` for `generate()`) "
+        "also cuts a reply that runs on into your next turn."
+        if stops
+        else ""
+    )
     return f"""## Usage
 
 ```python
@@ -287,43 +388,26 @@ messages = [
     {{"role": "system", "content": "A retired sea captain who runs the harbour inn."}},  # the persona
     {{"role": "user", "content": "Any rooms free tonight?"}},
 ]
-variables = {{"bot_name": "Mira", "scenario": "A stormy evening."}}
-out = chat(messages, tokenizer_encode_kwargs=variables, stop_sequence="\\nYou:")
+{call}
 print(out[0]["generated_text"][-1]["content"])
 ```
 
-`generation_config.json` holds the recommended sampling settings, so `generate()` and the pipeline
-sample with them unless told otherwise. The chat template takes two optional variables:
-`bot_name` (default **{release.bot_name}**) and `scenario` (default empty), e.g.
-`tokenizer.apply_chat_template(messages, add_generation_prompt=True, bot_name="Mira")`. A reply
-ends with the end-of-turn token; `stop_sequence="\\nYou:"` (or `stop_strings=["\\nYou:"]` and
-`tokenizer=` for `generate()`) also cuts one that runs on into your next turn.
+`generation_config.json` holds the recommended sampling settings and the tokens that end a reply, so
+`generate()` and the pipeline use them unless told otherwise. {template_variables}{run_on}
 """
 
 
-def prompt_section(bot_name: str, eos_token: str) -> str:
-    example = {
-        "bot_name": "{bot}",
-        "persona": "{persona}",
-        "scenario": "{scenario}",
-        "turns": [
-            {"role": "user", "name": "You", "text": "{user message}"},
-            {"role": "bot", "name": "{bot}", "text": "{reply}"},
-        ],
-    }
+def prompt_section(prompt: PromptFormat, bot_name: str) -> str:
     return f"""## Prompt format
 
-The model was trained on conversations in this format (the Pygmalion format); the tokenizer's chat
-template renders messages the same way, token for token:
+The model was trained on conversations in this format (chatmill's `prompt.format: {prompt.name}`); the
+tokenizer's chat template renders messages the same way, token for token:
 
 ```
-{render_text(example, eos_token)}```
+{prompt.render_text(EXAMPLE).rstrip(chr(10))}
+```
 
-- `system`: the first system message is the persona; later ones are narration lines, as written;
-- `user`: a `You: ...` line;
-- `assistant`: a `{{bot}}: ...{eos_token}` line, where `{{bot}}` is the `bot_name` template variable
-  (default **{bot_name}**). Training computed the loss on the reply and its `{eos_token}` only;
-  generation stops at `{eos_token}`.
+{prompt.describe(bot_name)}
 """
 
 
@@ -575,20 +659,23 @@ def model_card(
     git_commit: str,
     dirty: bool,
     hashes: list[tuple[str, str, str]],
-    eos_token: str,
+    prompt: PromptFormat,
+    adapter: bool = False,
+    base: tuple[str, str] | None = None,
 ) -> str:
+    """The card; `adapter`: the part is adapters, published merged, or alone for `base` (Hub id,
+    revision)."""
     parts = params["train"]["parts"]
     name = release.repo_id.split("/")[1] if release.repo_id else "chatmill model"
     folder = model_dir(part)
-    base = params["model"]["base"]
-    origin = "trained from scratch" if base == "scratch" else f"fine-tuned from `{base}`"
+    origin = origin_text(params, adapter, base)
     sources = used_sources(params, stats)
     sections = [
-        f"---\n{card_metadata(release, params)}\n---\n\n# {name}\n\n"
+        f"---\n{card_metadata(release, params, base is not None)}\n---\n\n# {name}\n\n"
         f"**{release.experiment}, part {part}/{parts}**: a conversational model {origin} by chatmill "
         f"on {sources}.\n",
-        usage_section(release),
-        prompt_section(release.bot_name, eos_token),
+        usage_section(release, prompt),
+        prompt_section(prompt, release.bot_name),
         sampling_section(release, params["eval"]["max_new_tokens"]),
         data_section(params, stats, manifest, part),
         training_section(params, train_state),
@@ -727,6 +814,8 @@ def main() -> None:
             raise ChatmillError(f"release: {path} not found; run `make repro` (or `dvc pull`)")
     disable_progress_bar()  # transformers' bars for loading and saving: seconds, and noise in the log
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    adapter = is_adapter(folder)
+    base = adapter_base(params, release) if adapter else None
     card = model_card(
         release,
         part,
@@ -738,9 +827,11 @@ def main() -> None:
         git_commit,
         bool(dirty),
         lineage(yaml.safe_load(LOCK_FILE.read_text()), targets),
-        tokenizer.eos_token,
+        prompt_format(tokenizer),
+        adapter,
+        base,
     )
-    files = build_folder(folder, tokenizer, RELEASE_DIR, release, eval_params["max_new_tokens"], card)
+    files = build_folder(folder, tokenizer, RELEASE_DIR, release, eval_params["max_new_tokens"], card, base)
     message = commit_message(release, part, parts, git_commit)
     visibility = "private" if release.private else "public"
     where = f"{release.repo_id or 'OWNER/NAME'}, branch {release.revision} ({visibility})"

@@ -17,7 +17,8 @@ def main() -> None:
     params = stage_params("mix")
     sources = validate_sources(params["sources"], needed=("weight",))
     weights = {name: float(source["weight"]) for name, source in sources.items()}
-    mix_file(TRIMMED_DIR / CONVERSATIONS, MIXED_DIR, weights, params["mix"], BASE_DIR)
+    # prompt.format is declared (and read) when mix.by is tokens: tokens as the format writes them
+    mix_file(TRIMMED_DIR / CONVERSATIONS, MIXED_DIR, weights, params["mix"], BASE_DIR, params.get("prompt"))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """shard: data/mixed -> data/shards/part-01..NN and data/shards/eval: conversations in the training
-prompt format, loss on the bot turns only, cut into windows at turn boundaries and packed into
-shard.seq_len sequences (position ids restart per window); train.parts parts of whole global
-batches. Output is byte-identical for any shard.workers (0 = all cores)."""
+prompt format (prompt.format, which models/base's tokenizer was prepared for), loss on the bot turns
+only, cut into windows at turn boundaries and packed into shard.seq_len sequences (position ids
+restart per window); train.parts parts of whole global batches. Output is byte-identical for any
+shard.workers (0 = all cores)."""
 
 from chatmill.errors import exit_on_error
 from chatmill.io import worker_count
 from chatmill.layout import BASE_DIR, CONVERSATIONS, MIXED_DIR, SHARDS_DIR
 from chatmill.packing import build_shards
 from chatmill.params import require, stage_params, stage_settings
+from chatmill.prompt import validate_format
 
 
 @exit_on_error
@@ -17,7 +19,14 @@ def main() -> None:
     global_batch = require(params["train"], "global_batch", "train", int)
     workers = worker_count(stage_settings("shard.workers")["shard"]["workers"], "shard.workers")
     build_shards(
-        MIXED_DIR / CONVERSATIONS, BASE_DIR, SHARDS_DIR, params["shard"], parts, global_batch, workers
+        MIXED_DIR / CONVERSATIONS,
+        BASE_DIR,
+        SHARDS_DIR,
+        params["shard"],
+        parts,
+        global_batch,
+        workers,
+        validate_format(params["prompt"]),
     )
 
 

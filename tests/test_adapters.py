@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ROOT, write_workspace
 from safetensors.torch import load_file
 from test_train_resume import TRAIN, packed_shard
@@ -207,3 +208,51 @@ def test_a_killed_adapter_part_resumes_to_the_same_adapters(files, two_parts, tm
     assert resumed.keys() == uninterrupted.keys()
     for name in resumed:
         assert torch.equal(resumed[name], uninterrupted[name]), name
+
+
+# --- Downstream: sample-eval, compare, the release --------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_an_adapter_run_is_evaluated_compared_and_released_merged(tmp_path):
+    """Through DVC, the embedded default's stages with adapters: sample-eval, `make compare` and the
+    release load adapter parts; the release is the merged model; adapters alone need a Hub base."""
+    from test_end_to_end import TINY, new_repo, run, stages_run
+    from transformers import pipeline
+
+    changes = TINY | {
+        "train": TINY["train"] | {"parts": 2, "adapter": "lora", "lr": 5e-3},
+        "eval": TINY["eval"] | {"model": "models/part-02"},
+        "release": {"sampling": "t0.7-p0.9-k0-r1.1"},  # one of TINY's grid
+    }
+    repo = new_repo(tmp_path / "repo", 0.05, changes)
+    ran = stages_run(run(repo, "dvc", "repro"))
+    assert {"train-part1", "train-part2", "sample-eval"} <= ran
+    assert (repo / "models/part-02/adapter_config.json").exists()
+    assert read_json(repo / "reports/sample-eval.json")["overall"]["n_replies"] > 0
+
+    run(repo, sys.executable, "-m", "chatmill.compare", "models/part-01", "models/part-02")
+    assert (repo / "reports/compare.html").exists()
+
+    run(repo, sys.executable, "-m", "chatmill.release", "--dry-run")
+    release = repo / "release"
+    assert (release / "model.safetensors").exists() and not (release / "adapter_config.json").exists()
+    card = (release / "README.md").read_text()
+    assert (
+        "fine-tuned as LoRA adapters (rank 8, alpha 16), here merged into a base trained from scratch" in card
+    )
+    chat = pipeline("text-generation", model=str(release))
+    messages = [{"role": "system", "content": "A kind innkeeper."}, {"role": "user", "content": "A room?"}]
+    assert chat(messages, max_new_tokens=3, do_sample=False)[0]["generated_text"][-1]["role"] == "assistant"
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["release"]["merge"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    refused = subprocess.run(
+        [sys.executable, "-m", "chatmill.release", "--dry-run"], cwd=repo, capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: release: release.merge: false publishes the adapters alone, for a base model on the Hub, "
+        "but model.base is 'scratch'; set release.merge: true to publish the merged model"
+    )

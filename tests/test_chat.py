@@ -1,3 +1,4 @@
+import copy
 import os
 import pty
 import re
@@ -15,8 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from chatmill import chat
 from chatmill.errors import ChatmillError
 from chatmill.generation import STOPS, Reply, generate_replies, generation_config, pad_id
-from chatmill.prompt import encode_prompt, render_text
+from chatmill.prompt import encode_prompt, prepare_tokenizer, prompt_format
 
+PYGMALION_TURN = ("\nYou:",)  # where a Pygmalion-format reply runs into the user's next turn
 CARD = chat.Card(
     bot_name="Aria",
     persona="A cheerful guide.",
@@ -40,7 +42,7 @@ def converse(session: chat.Chat, lines: list[str]) -> tuple[list[str], list[list
         stop = "max_tokens" if len(seen) == 3 else "eos"
         text = f"reply {len(seen)} at t={current.setting.temperature}"
         pieces = iter([text[:5], text[5:]])
-        return chat.ReplyStream(pieces, lambda: Reply(text, 5, stop))
+        return chat.ReplyStream(pieces, lambda: Reply(text, 5, stop), PYGMALION_TURN)
 
     script = iter(lines)
 
@@ -100,6 +102,21 @@ def test_quit_reset_and_nothing_to_regenerate():
     assert len(written) == 8 and seen == [["Hello!"]] and session.turns == []
 
 
+def test_a_chatml_model_chats_in_chatml(tiny_tokenizer):
+    """The format comes with the model's tokenizer (base-model records it), not from params."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    prepare_tokenizer(tokenizer, "chatml", "Assistant")
+    session = new_chat()
+    session.turns = [{"role": "user", "name": "You", "text": "Hi."}]
+    text = tokenizer.decode(chat.prompt_ids(tokenizer, session, context=256))
+    assert text.startswith(
+        "<|im_start|>system\nAria's Persona: A cheerful guide.\nScenario: The harbour.<|im_end|>\n"
+    )
+    assert text.endswith(
+        "<|im_start|>assistant\nWelcome!<|im_end|>\n<|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
 def test_prompt_is_the_training_format(tiny_tokenizer):
     session = new_chat()
     session.turns = [{"role": "user", "name": "You", "text": "Hi."}]
@@ -115,7 +132,9 @@ def talking_model(tokenizer, context: int = 256) -> LlamaForCausalLM:
     """The tiny model after a second of training on one conversation: it writes words (with spaces,
     so transformers' streamer has pieces to hand out) instead of random bytes."""
     model = tiny_model(tokenizer, context)
-    text = render_text(make_conversation("c", bot_replies=("Hello there, traveller.",)), tokenizer.eos_token)
+    text = prompt_format(tokenizer).render_text(
+        make_conversation("c", bot_replies=("Hello there, traveller.",))
+    )
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     model.train()
@@ -194,7 +213,9 @@ def test_a_streamed_reply_is_the_reply_sample_eval_would_sample(tiny_tokenizer):
     shown = list(stream)
     torch.manual_seed(3)
     ids = chat.prompt_ids(tiny_tokenizer, session, context=256)
-    config = generation_config(session.setting, 40, tiny_tokenizer.eos_token_id, pad_id(tiny_tokenizer))
+    config = generation_config(
+        session.setting, 40, prompt_format(tiny_tokenizer).stops, pad_id(tiny_tokenizer)
+    )
     expected = generate_replies(model, tiny_tokenizer, [ids], config, batch_size=1)[0]
 
     assert stream.reply == expected and stream.reply.stop in STOPS
@@ -213,13 +234,13 @@ def test_a_streamed_reply_is_the_reply_sample_eval_would_sample(tiny_tokenizer):
     ],
 )
 def test_shown_text_holds_back_what_may_be_the_next_turn(text, expected):
-    assert chat.shown(text) == expected
+    assert chat.shown(text, PYGMALION_TURN) == expected
 
 
 def test_the_terminal_writes_each_piece_once_and_stops_at_the_next_turn():
     written = []
     pieces = iter(["Sure", ", come", " along\nY", "ou: ok"])
-    stream = chat.ReplyStream(pieces, lambda: Reply("Sure, come along", 6, "turn"))
+    stream = chat.ReplyStream(pieces, lambda: Reply("Sure, come along", 6, "turn"), PYGMALION_TURN)
     assert chat.write_stream(stream, written.append).text == "Sure, come along"
     assert written == ["Sure", ", come", " along"]
 

@@ -20,7 +20,7 @@ from chatmill.errors import ChatmillError
 from chatmill.io import read_json, write_parquet
 from chatmill.metrics import headline_metrics, is_short, rep_n, sample_metrics, words
 from chatmill.modeling import train_tokenizer
-from chatmill.prompt import encode_conversation, encode_prompt, render_text
+from chatmill.prompt import FORMATS, corpus_texts, encode_conversation, encode_prompt, prepare_tokenizer
 from chatmill.schema import CONVERSATION_SCHEMA, make_conversation
 from chatmill.shards import IGNORE_INDEX, save_shard
 
@@ -166,7 +166,7 @@ def test_missing_prompt_file_is_one_line_error(tmp_path):
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    return train_tokenizer((render_text(c, eos_token="") for c in CONVERSATIONS), vocab_size=400)
+    return train_tokenizer(corpus_texts(CONVERSATIONS), vocab_size=400)
 
 
 def make_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
@@ -373,3 +373,36 @@ def test_missing_model_is_one_line_error(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "error: sample-eval: models/part-10 not found; run `dvc repro train-part10` or set eval.model\n"
     )
+
+
+def test_a_chatml_model_is_prompted_in_chatml(tmp_path, monkeypatch):
+    tokenizer = train_tokenizer(corpus_texts(CONVERSATIONS, "chatml"), 400, FORMATS["chatml"].special_tokens)
+    prepare_tokenizer(tokenizer, "chatml", "Assistant")  # as base-model makes it
+    folder = save_model(tokenizer, tmp_path / "model" / "part-10")
+    monkeypatch.chdir(stage_workdir(tmp_path / "run", folder, tokenizer))
+    write_workspace(tmp_path / "run", {"eval": EVAL_PARAMS, "prompt": {"format": "chatml"}})
+
+    run_stage("sample_eval")
+
+    samples = [json.loads(line) for line in Path("reports/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 28 and all(s["stop"] in generation.STOPS for s in samples)
+    for sample in samples:
+        assert sample["prompt"].startswith("<|im_start|>system\n")
+        assert sample["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert "<START>" not in sample["prompt"] and "<|im_end|>" not in sample["reply"]
+
+
+def test_a_model_made_for_another_format_than_prompt_format_is_a_one_line_error(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    tokenizer, _, folder = tiny
+    monkeypatch.chdir(stage_workdir(tmp_path, folder, tokenizer))
+    write_workspace(tmp_path, {"eval": EVAL_PARAMS, "prompt": {"format": "chatml"}})
+    with pytest.raises(SystemExit):
+        run_stage("sample_eval")
+    assert capsys.readouterr().err == (
+        "error: sample-eval: models/part-10 was made for prompt.format: pygmalion, but params.yaml has "
+        "prompt.format: chatml; set eval.model to a model trained with it, or re-run its training "
+        "(`dvc repro`)\n"
+    )
+    assert not Path("reports/samples.jsonl").exists()

@@ -11,7 +11,7 @@ from transformers import GenerationConfig
 from chatmill import evaluation, generation
 from chatmill.errors import ChatmillError
 from chatmill.generation import Reply, Setting
-from chatmill.prompt import encode_prompt
+from chatmill.prompt import encode_prompt, prepare_tokenizer, prompt_format
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +64,37 @@ def test_empty_or_repeated_grid():
 def test_finish_tells_why_a_reply_ended(tiny):
     tokenizer = tiny[0]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stops = prompt_format(tokenizer).stops
     ids = tokenizer.encode(" Off we go!", add_special_tokens=False)
-    assert generation.finish(tokenizer, ids + [eos, pad, pad], eos, pad) == Reply(
+    assert generation.finish(tokenizer, ids + [eos, pad, pad], stops, pad) == Reply(
         "Off we go!", len(ids) + 1, "eos"
     )
-    assert generation.finish(tokenizer, ids, eos, pad) == Reply("Off we go!", len(ids), "max_tokens")
+    assert generation.finish(tokenizer, ids, stops, pad) == Reply("Off we go!", len(ids), "max_tokens")
     turn_ids = ids + tokenizer.encode("\nYou:", add_special_tokens=False)
-    reply = generation.finish(tokenizer, turn_ids + [pad], eos, pad)
+    reply = generation.finish(tokenizer, turn_ids + [pad], stops, pad)
     assert (reply.text, reply.stop, reply.new_tokens) == ("Off we go!", "turn", len(turn_ids))
+
+
+def test_a_chatml_reply_ends_at_im_end_or_at_the_next_turns_im_start():
+    tokenizer = make_tokenizer()
+    prepare_tokenizer(tokenizer, "chatml", "Assistant")
+    stops, pad = prompt_format(tokenizer).stops, tokenizer.pad_token_id
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    ids = tokenizer.encode("Off we go!", add_special_tokens=False)
+    assert generation.finish(tokenizer, ids + [im_end, pad], stops, pad) == Reply(
+        "Off we go!", len(ids) + 1, "eos"
+    )
+    user = tokenizer.encode("user\nAnd then?", add_special_tokens=False)
+    assert generation.finish(tokenizer, ids + [im_start, *user], stops, pad) == Reply(
+        "Off we go!", len(ids) + 1, "turn"
+    )
+    # "You:" is text like any other in ChatML
+    you = tokenizer.encode("\nYou: hi", add_special_tokens=False)
+    assert generation.finish(tokenizer, ids + you, stops, pad) == Reply(
+        "Off we go!\nYou: hi", len(ids + you), "max_tokens"
+    )
+    config = generation.generation_config(generation.validate_grid(GRID)[0], 8, stops, pad)
+    assert config.eos_token_id == [im_end, tokenizer.eos_token_id, im_start] and config.stop_strings is None
 
 
 def test_batched_left_padded_greedy_matches_one_at_a_time(tiny):
@@ -83,7 +106,7 @@ def test_batched_left_padded_greedy_matches_one_at_a_time(tiny):
         max_new_tokens=12,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        stop_strings=generation.NEXT_USER_TURN,
+        stop_strings=list(prompt_format(tokenizer).stops.turn_strings),
     )
     batched = generation.generate_replies(model, tokenizer, prompts, greedy, batch_size=3)
     single = generation.generate_replies(model, tokenizer, prompts, greedy, batch_size=1)
@@ -96,7 +119,9 @@ def test_top_k_zero_is_off_and_checkpoint_defaults_stay_out(tiny):
     prompt = torch.tensor([encode_prompt(tokenizer, CONVERSATIONS[0], CONVERSATIONS[0]["turns"][:1])])
     for top_k, kept in ((0, len(tokenizer)), (40, 40)):
         setting = Setting(temperature=1.0, top_p=1.0, top_k=top_k, repetition_penalty=1.0)
-        config = generation.generation_config(setting, 3, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        config = generation.generation_config(
+            setting, 3, prompt_format(tokenizer).stops, tokenizer.pad_token_id
+        )
         config.output_scores, config.return_dict_in_generate = True, True
         scores = model.generate(
             prompt, attention_mask=torch.ones_like(prompt), generation_config=config, tokenizer=tokenizer

@@ -10,7 +10,9 @@ from conftest import DEFAULT_PARAMS, run_stage, write_workspace
 from chatmill.errors import ChatmillError
 from chatmill.io import write_parquet
 from chatmill.mix import (
+    conversation_costs,
     copies_per_conversation,
+    mix_file,
     shuffle_key,
     source_budgets,
     take_key,
@@ -18,6 +20,7 @@ from chatmill.mix import (
     whole_budgets,
     write_shuffled,
 )
+from chatmill.prompt import prepare_tokenizer, prompt_format
 from chatmill.schema import CONVERSATION_SCHEMA
 from chatmill.sources import validate_sources
 
@@ -328,3 +331,50 @@ def test_missing_mix_params_are_named():
     del section["on_empty"]
     with pytest.raises(ChatmillError, match=r"^params\.yaml: mix\.on_empty is missing$"):
         validate_mix(section)
+
+
+# ---------------------------------------------------------------- mix.by: tokens, in the prompt format
+
+
+def test_a_conversation_costs_its_tokens_as_the_prompt_format_writes_them(
+    tiny_tokenizer, conversation_factory
+):
+    import pyarrow as pa
+
+    batch = pa.RecordBatch.from_pylist(
+        [conversation_factory("a"), conversation_factory("b", bot_replies=("One.", "Two."))],
+        CONVERSATION_SCHEMA,
+    )
+    chatml = copy.deepcopy(tiny_tokenizer)
+    prepare_tokenizer(chatml, "chatml", "Assistant")
+    for tokenizer in (tiny_tokenizer, chatml):
+        form = prompt_format(tokenizer)
+        expected = [
+            len(tokenizer(form.render_text(row), add_special_tokens=False)["input_ids"])
+            for row in batch.to_pylist()
+        ]
+        assert conversation_costs(batch, "tokens", tokenizer) == expected
+    assert conversation_costs(batch, "tokens", chatml) != conversation_costs(batch, "tokens", tiny_tokenizer)
+    assert conversation_costs(batch, "conversations", chatml) == [1, 1]
+
+
+def test_mix_by_tokens_refuses_a_models_base_made_for_another_format(
+    tmp_path, tiny_tokenizer, conversation_factory
+):
+    tiny_tokenizer.save_pretrained(tmp_path / "base")
+    write_parquet(tmp_path / "trimmed.parquet", CONVERSATION_SCHEMA, [conversation_factory("a")])
+    section = DEFAULT_PARAMS["mix"] | {"by": "tokens"}
+    with pytest.raises(
+        ChatmillError,
+        match=r"^mix: .*base was made for prompt.format: pygmalion, but params.yaml has "
+        r"prompt.format: chatml; run `dvc repro base-model`$",
+    ):
+        mix_file(
+            tmp_path / "trimmed.parquet",
+            tmp_path / "mixed",
+            {"logs": 1.0},
+            section,
+            tmp_path / "base",
+            {"format": "chatml"},
+        )
+    assert not (tmp_path / "mixed").exists()

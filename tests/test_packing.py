@@ -1,10 +1,13 @@
+import copy
+
 import numpy as np
 import pytest
 from conftest import run_stage, write_workspace
 
 from chatmill.errors import ChatmillError
-from chatmill.packing import Packer, SequenceFile, part_sizes, windows
-from chatmill.prompt import Encoded, encode_conversation
+from chatmill.io import read_json
+from chatmill.packing import Packer, SequenceFile, load_tokenizer, part_sizes, windows
+from chatmill.prompt import Encoded, encode_conversation, prepare_tokenizer
 from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard, save_shard
 
 
@@ -109,7 +112,9 @@ def test_parts_are_whole_global_batches_of_equal_size():
         part_sizes(100, 10, 16)
 
 
-def run_shard(workdir, workers: int, tokenizer, scratch: dict, conversations) -> dict[str, str]:
+def run_shard(
+    workdir, workers: int, tokenizer, scratch: dict, conversations, prompt_format: str = "pygmalion"
+) -> dict[str, str]:
     """Run the real stage in `workdir` (its params.yaml and dvc.yaml written there); return the
     sha256 of every output file."""
     from chatmill.io import sha256_file, write_parquet
@@ -124,8 +129,10 @@ def run_shard(workdir, workers: int, tokenizer, scratch: dict, conversations) ->
     params = {
         "shard": {"seq_len": 64, "eval_fraction": 0.1, "seed": 0, "workers": workers},
         "train": {"parts": 2, "global_batch": 2},
+        "prompt": {"format": prompt_format},
     }
     write_workspace(workdir, params)
+    load_tokenizer.cache_clear()  # per process, by path: models/base of an earlier test's workdir
     run_stage("shard")
     return {
         str(path.relative_to(workdir)): sha256_file(path)
@@ -153,8 +160,6 @@ def test_an_up_sampled_eval_conversation_is_held_out_once(
 ):
     import pyarrow.parquet as pq
 
-    from chatmill.io import read_json
-
     monkeypatch.setattr("chatmill.packing.ENCODE_BATCH", 5)
     conversations = [conversation_factory(f"c{i:03d}", user=f"Hi number {i}.") for i in range(80)]
     monkeypatch.chdir(tmp_path)
@@ -166,3 +171,69 @@ def test_an_up_sampled_eval_conversation_is_held_out_once(
     assert held_out and [row["id"] for row in held_out] == sorted({row["id"] for row in held_out})
     assert held_out == [row for row in conversations if row["id"] in {r["id"] for r in held_out}]
     assert stats["dropped"] == {"eval_repeat": len(held_out)} and stats["eval_conversations"] == len(held_out)
+
+
+def said(capsys) -> list[str]:
+    """The stage's error and warning lines (transformers' progress bars aside)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "warning:"))]
+
+
+def test_shard_encodes_in_the_format_models_base_was_made_for(
+    tmp_path, monkeypatch, tiny_tokenizer, tiny_scratch, conversation_factory
+):
+    """ChatML: the supervised tokens of every window are replies, each ending with <|im_end|>."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    prepare_tokenizer(tokenizer, "chatml", "Assistant")
+    conversations = [conversation_factory(f"c{i:03d}", user=f"Hi number {i}.") for i in range(40)]
+    monkeypatch.chdir(tmp_path)
+    scratch = tiny_scratch | {"vocab_size": len(tokenizer)}
+    run_shard(tmp_path, 1, tokenizer, scratch, conversations, prompt_format="chatml")
+    shard = load_shard(tmp_path / "data/shards/part-01")
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    labels = shard["labels"][shard["labels"] != IGNORE_INDEX].tolist()
+    replies = tokenizer.decode(labels).split("<|im_end|>")
+    assert replies[-1] == "" and set(replies[:-1]) == {"Hello there, traveller."}
+    assert (
+        im_start in shard["input_ids"] and im_start not in labels and labels.count(im_end) == len(replies) - 1
+    )
+
+
+def test_shard_refuses_a_models_base_made_for_another_format(
+    tmp_path, monkeypatch, tiny_tokenizer, tiny_scratch, conversation_factory, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        run_shard(
+            tmp_path, 1, tiny_tokenizer, tiny_scratch, [conversation_factory("a")], prompt_format="chatml"
+        )
+    assert said(capsys) == [
+        "error: shard: models/base was made for prompt.format: pygmalion, but params.yaml has prompt.format: "
+        "chatml; run `dvc repro base-model`"
+    ]
+    assert not (tmp_path / "data/shards").exists()
+
+
+def test_conversations_the_base_template_refuses_are_dropped_with_the_reason(
+    tmp_path, monkeypatch, tiny_tokenizer, tiny_scratch, conversation_factory, capsys
+):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (  # ChatML that refuses a word
+        "{% for m in messages %}{% if 'forbidden' in m['content'] %}{{ raise_exception('a forbidden word') }}"
+        "{% endif %}{{ '<s>' + m['role'] + '\\n' + m['content'] + '</s>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<s>assistant\\n' }}{% endif %}"
+    )
+    prepare_tokenizer(tokenizer, "base", "Assistant")
+    conversations = [
+        conversation_factory(f"c{i:03d}", user="a forbidden word" if i % 10 == 3 else f"Hi number {i}.")
+        for i in range(60)
+    ]
+    monkeypatch.chdir(tmp_path)
+    run_shard(tmp_path, 1, tokenizer, tiny_scratch, conversations, prompt_format="base")
+    stats = read_json(tmp_path / "data/shards/stats.json")
+    assert stats["dropped"] == {"chat_template_refused": 6}
+    assert stats["in"] == 60 == stats["out"] + 6
+    assert said(capsys) == [
+        "warning: shard: dropped 6 conversations that the chat template of models/base refuses "
+        "(stats.json: chat_template_refused); the first: c003: the chat template refuses it "
+        "(a forbidden word)"
+    ]

@@ -110,7 +110,16 @@ def test_sample_eval_does_not_depend_on_compare_release_or_chat():
 def test_the_base_model_of_a_hub_model_needs_no_cleaned_data():
     stages = rendered(model__base="EleutherAI/gpt-j-6b")
     assert "data/clean" not in stages["base-model"]["deps"]
-    assert stages["base-model"]["params"] == ["model.base", "model.revision"]
+    assert stages["base-model"]["params"] == ["model.base", "model.revision", "prompt.format"]
+
+
+def test_prompt_format_is_declared_by_the_stages_whose_outputs_it_changes():
+    """base-model writes the format's tokens and chat template, shard encodes in it, sample-eval prompts
+    in it, and mix counts a conversation's tokens as it writes them (when mix.by is tokens)."""
+    for by, mix_declares in (("conversations", False), ("tokens", True)):
+        stages = rendered(mix__by=by)
+        declaring = {name for name, stage in stages.items() if "prompt.format" in stage.get("params", [])}
+        assert declaring == {"base-model", "shard", "sample-eval"} | ({"mix"} if mix_declares else set())
 
 
 def test_a_local_base_model_folder_is_a_dependency(tmp_path, monkeypatch):

@@ -55,3 +55,11 @@ def test_experiment_7_is_the_logbook_run():
     grid = params["eval"]["grid"]
     assert {s["top_k"] for s in grid} == {0, 40} and {s["top_p"] for s in grid} == {0.9, 1.0}
     assert min(s["temperature"] for s in grid) == 0.5 and max(s["temperature"] for s in grid) == 1.0
+
+
+def test_the_lora_example_is_the_embedded_default_with_adapters():
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())
+    lora = yaml.safe_load((ROOT / "presets/lora-example.yaml").read_text())
+    assert lora["train"].pop("adapter") == "lora" and default["train"].pop("adapter") == "none"
+    assert lora["train"].pop("lr") > default["train"].pop("lr")
+    assert lora == default

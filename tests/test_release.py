@@ -19,6 +19,7 @@ project whose stages copy prebuilt tiny models into models/part-01 and models/pa
 """
 
 import base64
+import copy
 import hashlib
 import json
 import re
@@ -40,9 +41,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 import chatmill
 from chatmill import release
 from chatmill.errors import ChatmillError
-from chatmill.generation import validate_grid
+from chatmill.generation import Setting, validate_grid
 from chatmill.modeling import scratch_model
-from chatmill.prompt import chat_template, encode_prompt, render_text
+from chatmill.prompt import encode_prompt, prepare_tokenizer, prompt_format
 from chatmill.schema import USER_NAME
 
 TOKEN = "hf_fake_release_token_0123456789"
@@ -98,6 +99,7 @@ PARAMS = {
         "max_shard_size": "100KB",  # the tiny model is ~200 KB: the release comes in shards
         "license": "apache-2.0",
         "tags": ["chatmill", "roleplay"],
+        "merge": True,
     },
 }
 STATS = {
@@ -215,17 +217,15 @@ def test_chat_template_renders_the_training_format(tiny_tokenizer, conversation_
     conversation = conversation_factory("c1", bot_replies=("Hello there, traveller.", "Of course."))
     conversation["scenario"] = "A rainy night at the inn."
     conversation["turns"].insert(2, {"role": "system", "name": "system", "text": "*The door creaks.*"})
-    roles = {"user": "user", "bot": "assistant", "system": "system"}
-    messages = [{"role": "system", "content": conversation["persona"]}]
-    messages += [{"role": roles[turn["role"]], "content": turn["text"]} for turn in conversation["turns"]]
-    template = chat_template("Assistant")
-    variables = {"chat_template": template, "bot_name": "Mira", "scenario": conversation["scenario"]}
+    form = prompt_format(tiny_tokenizer)  # no format recorded: pygmalion
+    messages, variables = form.messages(conversation)
+    variables["chat_template"] = template = form.chat_template("Assistant")
 
     text = tiny_tokenizer.apply_chat_template(messages, tokenize=False, **variables)
     prompt = tiny_tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, **variables)
     marked = tiny_tokenizer.apply_chat_template(messages[:3], return_assistant_tokens_mask=True, **variables)
 
-    assert text == render_text(conversation, tiny_tokenizer.eos_token)
+    assert text == form.render_text(conversation)
     assert prompt["input_ids"] == encode_prompt(tiny_tokenizer, conversation, conversation["turns"][:-1])
     supervised = [
         token for token, mask in zip(marked["input_ids"], marked["assistant_masks"], strict=True) if mask
@@ -238,6 +238,19 @@ def test_chat_template_renders_the_training_format(tiny_tokenizer, conversation_
         chat_template=template,
     )
     assert plain == f"Assistant's Persona: \nScenario: \n<START>\n{USER_NAME}: Hi.\nAssistant:"
+
+
+def test_a_chatml_release_carries_its_template_and_stops_at_im_end(tiny_tokenizer) -> None:
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    prepare_tokenizer(tokenizer, "chatml", "Assistant")
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    setting = Setting(temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1)
+    config = release.generation_config(setting, 32, tokenizer)
+    assert config.eos_token_id == [im_end, tokenizer.eos_token_id, im_start]
+    section = release.prompt_section(prompt_format(tokenizer), "Assistant")
+    assert "`prompt.format: chatml`" in section
+    assert "<|im_start|>user\n{user message}<|im_end|>\n<|im_start|>assistant\n{reply}<|im_end|>" in section
+    assert "loss on each reply and its `<|im_end|>` only" in section
 
 
 # ---------------------------------------------------------------- pure functions

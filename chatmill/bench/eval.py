@@ -24,9 +24,10 @@ from transformers import AutoTokenizer
 from chatmill import evaluation
 from chatmill.generation import device, generate_replies, generation_config, load_model, pad_id
 from chatmill.io import read_parquet, write_json
-from chatmill.layout import CONVERSATIONS, EVAL_SHARD_DIR, trained_parts
+from chatmill.layout import CONVERSATIONS, EVAL_SHARD_DIR, is_model_folder, trained_parts
 from chatmill.layout import model_dir as model_dir_of
 from chatmill.params import load_params
+from chatmill.prompt import prompt_format
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +71,7 @@ def main() -> None:
     batch_size = args.batch_size or params["batch_size"]
     trained = trained_parts()
     model_dir = Path(args.model) if args.model else model_dir_of(trained[-1] if trained else 1)
-    if not (model_dir / "config.json").is_file():
+    if not is_model_folder(model_dir):
         raise SystemExit(f"bench-eval: {model_dir} is not a model folder; run `dvc repro` or pass MODEL=")
     if not (EVAL_SHARD_DIR / CONVERSATIONS).is_file():
         raise SystemExit(f"bench-eval: {EVAL_SHARD_DIR} not found; run `dvc repro shard`")
@@ -82,9 +83,8 @@ def main() -> None:
     ) + evaluation.load_prompt_sets(params["prompt_sets"])
     max_prompt = model.config.max_position_embeddings - params["max_new_tokens"]
     encoded = [evaluation.prompt_ids(tokenizer, prompt, max_prompt) for prompt in prompts]
-    config = generation_config(
-        params["grid"][0], params["max_new_tokens"], tokenizer.eos_token_id, pad_id(tokenizer)
-    )
+    stops = prompt_format(tokenizer).stops
+    config = generation_config(params["grid"][0], params["max_new_tokens"], stops, pad_id(tokenizer))
     timed(model, tokenizer, encoded[:2], config, 2, params["seed"])  # warm-up: kernels, stop-string tables
 
     no_cache = copy.deepcopy(config)

@@ -41,7 +41,7 @@ from chatmill.bench import train as bench_train  # the CPU benchmark's data and 
 from chatmill.flops import flops_per_token, matmul_parameters
 from chatmill.modeling import train_tokenizer
 from chatmill.params import load_params
-from chatmill.prompt import Encoded, render_text
+from chatmill.prompt import Encoded, corpus_texts
 from chatmill.shards import IGNORE_INDEX
 from chatmill.training import deepspeed_config, single_process_environment
 
@@ -262,7 +262,7 @@ def main() -> None:
     started = time.perf_counter()
     os.chdir(ROOT)  # params.yaml and the sample sources
     conversations = sample_conversations()
-    tokenizer = train_tokenizer((render_text(c, eos_token="") for c in conversations), MODEL["vocab_size"])
+    tokenizer = train_tokenizer(corpus_texts(conversations), MODEL["vocab_size"])
     docs = sample_windows(conversations, tokenizer, seed=0)
     with torch.device("meta"):  # the weight count, without building the weights
         matmul_params = matmul_parameters(LlamaForCausalLM(LlamaConfig(**MODEL, tie_word_embeddings=False)))

@@ -50,7 +50,7 @@ from chatmill import attention, clean, modeling, packing
 from chatmill.containers import iter_records
 from chatmill.io import write_json
 from chatmill.params import load_params
-from chatmill.prompt import Encoded, encode_conversation, render_text
+from chatmill.prompt import Encoded, corpus_texts, encode_conversation
 from chatmill.records import RecordError
 from chatmill.schema import Conversation
 from chatmill.shards import IGNORE_INDEX
@@ -284,9 +284,7 @@ def main() -> None:
 
     conversations = read_conversations(ROOT / source["uri"], source["format"], args.source)
     scratch = params["model"]["scratch"]
-    tokenizer = modeling.train_tokenizer(
-        (render_text(c, eos_token="") for c in conversations), scratch["vocab_size"]
-    )
+    tokenizer = modeling.train_tokenizer(corpus_texts(conversations), scratch["vocab_size"])
     # RoPE has no weights per position: a longer context is the same model.
     scratch = scratch | {"max_position_embeddings": max(scratch["max_position_embeddings"], seq_len)}
     initial = modeling.scratch_model(scratch, tokenizer, seed).state_dict()
