@@ -75,13 +75,19 @@ def _flash_varlen(query, key, value, cu_seqlens, max_len, scale):
 
 
 def _sdpa_per_document(query, key, value, cu_seqlens, max_len, scale):
-    """The same on the CPU: causal SDPA over each document, so no work goes to masked-out blocks."""
+    """The same on the CPU: causal SDPA over each document, so no work goes to masked-out blocks.
+    Each document goes in as a batch of one, [1, heads, length, dim]: SDPA's CPU flash kernel takes
+    batched input only, and a 3-D [heads, length, dim] falls back to the math path, which builds
+    every score of the square and a softmax over it. The documents are split off rather than
+    sliced: the backward of a split is one concatenation, of a slice a zero-filled copy of the
+    whole row per document."""
     bounds = cu_seqlens.tolist()
+    lengths = [end - start for start, end in zip(bounds, bounds[1:], strict=False)]
     pieces = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
-        q, k, v = (states[start:end].transpose(0, 1) for states in (query, key, value))
+    for documents in zip(*(states.split(lengths) for states in (query, key, value)), strict=True):
+        q, k, v = (states.transpose(0, 1).unsqueeze(0) for states in documents)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-        pieces.append(out.transpose(0, 1))
+        pieces.append(out[0].transpose(0, 1))
     return torch.cat(pieces)
 
 

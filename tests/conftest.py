@@ -94,18 +94,21 @@ def tiny_tokenizer():
     return train_tokenizer(iter(texts), vocab_size=300)
 
 
+# model.scratch sizes of the smallest model the tests build (with tiny_tokenizer's vocabulary)
+TINY_SCRATCH = {
+    "vocab_size": 300,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+
 @pytest.fixture
 def tiny_scratch() -> dict:
-    """model.scratch sizes of the smallest model the tests build (with tiny_tokenizer's vocabulary)."""
-    return {
-        "vocab_size": 300,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-    }
+    return dict(TINY_SCRATCH)
 
 
 # --- Tokenizers of the families real base models use, built locally (no download) ----------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, make_conversation, write_workspace
+from conftest import ROOT, TINY_SCRATCH, make_conversation, write_workspace
 from test_packing import run_shard
 
 from chatmill.io import sha256_file, write_parquet
@@ -227,15 +227,7 @@ def base_workspace(tmp_path_factory, tiny_scratch_sizes) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_scratch_sizes() -> dict:
-    return {
-        "vocab_size": 300,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-    }
+    return TINY_SCRATCH | {"max_position_embeddings": 256}
 
 
 @pytest.fixture(scope="module")
