@@ -49,9 +49,8 @@ from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard
 
 if TYPE_CHECKING:  # deepspeed takes seconds to import: setup_part imports it
     from deepspeed import DeepSpeedEngine
-    from rich.progress import Progress
-
     from dvclive import Live
+    from rich.progress import Progress
 
 CHECKPOINT_TAG = "final"
 # The train keys that change what a part learns: the train-partN stages declare them in dvc.yaml.
