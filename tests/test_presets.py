@@ -2,6 +2,7 @@
 dvc.yaml it makes (python -m chatmill.pipeline)."""
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT
 
@@ -63,3 +64,14 @@ def test_the_lora_example_is_the_embedded_default_with_adapters():
     assert lora["train"].pop("adapter") == "lora" and default["train"].pop("adapter") == "none"
     assert lora["train"].pop("lr") > default["train"].pop("lr")
     assert lora == default
+
+
+def test_gpu_1b_is_bench_gpu_s_shape_with_tied_embeddings():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    params = yaml.safe_load((ROOT / "presets/gpu-1b.yaml").read_text())
+    assert params["model"]["base"] == "scratch" and params["shard"]["seq_len"] == 2048
+    assert params["train"]["bf16"] is True and params["train"]["gpus"] >= 1
+    with torch.device("meta"):  # the shape only: no memory for 1.1B weights
+        model = LlamaForCausalLM(LlamaConfig(**params["model"]["scratch"], tie_word_embeddings=True))
+    assert model.num_parameters() == 1_034_512_384  # bench-gpu's untied 1.1B less one 32000 x 2048 matrix
