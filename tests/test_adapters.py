@@ -16,12 +16,15 @@ import torch
 import yaml
 from conftest import ROOT, write_workspace
 from safetensors.torch import load_file
+from test_release import PARAMS as RELEASE_PARAMS
+from test_release import settings as release_settings
 from test_train_resume import TRAIN, packed_shard
 
 from chatmill.errors import ChatmillError
 from chatmill.flops import flops_per_token, linear_weights
 from chatmill.io import read_json
 from chatmill.modeling import scratch_model
+from chatmill.release import adapter_base, build_folder, origin_text, validate_release
 from chatmill.shards import save_shard
 from chatmill.training import trainable_model, validate_train
 
@@ -256,3 +259,36 @@ def test_an_adapter_run_is_evaluated_compared_and_released_merged(tmp_path):
         "error: release: release.merge: false publishes the adapters alone, for a base model on the Hub, "
         "but model.base is 'scratch'; set release.merge: true to publish the merged model"
     )
+
+
+@pytest.mark.e2e
+def test_adapters_released_alone_name_their_hub_base_and_load_under_it(two_parts, tmp_path, monkeypatch):
+    """release.merge: false with a Hub base: the folder holds the adapters in peft's layout, pointing
+    at that base and revision, and the card says so; under the base they give the part's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.chdir(two_parts)
+    section = {**RELEASE_PARAMS["release"], "merge": False}
+    released = validate_release(section, release_settings(), None)
+    params = {"model": {"base": "acme/tiny-llama", "revision": "0123abc"}, "train": ADAPTER_TRAIN}
+    base = adapter_base(params, released)
+    assert base == ("acme/tiny-llama", "0123abc")
+    tokenizer = AutoTokenizer.from_pretrained("models/part-02")
+    files = build_folder(Path("models/part-02"), tokenizer, tmp_path / "release", released, 8, "card", base)
+    names = {path.name for path in files}
+    assert "adapter_model.safetensors" in names and "model.safetensors" not in names
+    adapter_config = read_json(tmp_path / "release/adapter_config.json")
+    assert (adapter_config["base_model_name_or_path"], adapter_config["revision"]) == base
+    assert "for `acme/tiny-llama` at revision `0123abc` (this repository holds the adapters alone" in (
+        origin_text(params, adapter=True, base=base)
+    )
+
+    ids = torch.randint(3, 300, (1, 16), generator=torch.Generator().manual_seed(1))
+    alone = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained("models/base"), tmp_path / "release"
+    )
+    with torch.no_grad():
+        assert torch.equal(
+            alone.eval()(input_ids=ids).logits, adapter_model(two_parts, 2)(input_ids=ids).logits
+        )
