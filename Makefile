@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lint pipeline docs use bench-data bench-train bench-gpu bench-eval release compare chat \
+.PHONY: setup repro test lint pipeline docs use bench-data bench-train bench-gpu bench-eval bench-repro release compare chat \
 	chat-web rate rate-report
 
 setup: $(STAMP)
@@ -76,25 +76,37 @@ rate-report: setup
 release: setup
 	$(BIN)/python -m chatmill.release $(if $(PART),--part $(PART)) $(if $(REPO),--repo $(REPO)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
-# Data-stage benchmark on N MB of generated PIPPA logs; writes benchmarks/results/data.json.
+# Data-stage benchmark on N MB of generated PIPPA logs, REPS times (default 3 up to 100 MB, else 1):
+# medians and ranges against the parse+tokenize floors; writes benchmarks/results/data.json.
 SIZE_MB ?= 100
 bench-data: setup
-	$(BIN)/python -m chatmill.bench.data --size-mb $(SIZE_MB)
+	$(BIN)/python -m chatmill.bench.data --size-mb $(SIZE_MB) $(if $(REPS),--repetitions $(REPS))
 
-# CPU training benchmark: the tiny scratch model trained on N sample conversations (default 60) packed
-# (chatmill), padded per conversation, and one example per reply; writes benchmarks/results/train.json.
+# `make repro` from nothing in a temporary copy of the repo: each stage's wall split into import, set-up
+# and work, and DVC's own share; checks the outputs' md5s against dvc.lock (or EXPECT=a dvc.lock);
+# writes benchmarks/results/repro.json. N=3 repeats the whole pipeline (median).
+bench-repro: setup
+	$(BIN)/python -m chatmill.bench.repro $(if $(N),--repetitions $(N)) $(if $(EXPECT),--expect $(EXPECT))
+
+# CPU training benchmark: a 4.3M-parameter Llama (TINY=1: the tiny scratch model) trained on N sample
+# conversations (default 10; TINY=1: 60) packed (chatmill), padded per conversation, one example per
+# reply, and packed with LoRA, in ROUNDS interleaved rounds (default 5): medians and ranges, one step
+# of each way profiled; writes benchmarks/results/train.json.
 bench-train: setup
-	$(BIN)/python -m chatmill.bench.train $(if $(N),--conversations $(N))
+	$(BIN)/python -m chatmill.bench.train $(if $(N),--conversations $(N)) $(if $(ROUNDS),--rounds $(ROUNDS)) \
+		$(if $(filter-out 0,$(TINY)),--tiny)
 
 # Sample-eval generation throughput, batched vs one prompt at a time, on MODEL (default: the last trained
-# part) with THREADS torch threads (default: torch's); writes benchmarks/results/eval.json.
+# part) with THREADS torch threads (default: torch's), in 5 interleaved rounds (medians and ranges);
+# writes benchmarks/results/eval.json.
 bench-eval: setup
 	$(BIN)/python -m chatmill.bench.eval $(if $(MODEL),--model $(MODEL)) $(if $(THREADS),--threads $(THREADS))
 
 # GPU training benchmark (a CUDA machine, one or more GPUs, no downloads): the packing-exactness tests
 # on the GPU attention paths, then a 1.1B Llama at seq 2048, bf16, ZeRO-1, packed vs padded: tokens/s
-# per GPU and MFU; writes benchmarks/results/gpu.json. ARGS passes options, e.g.
-# ARGS="--ways packed --compile --accumulation 8" (see python -m chatmill.bench.gpu --help).
+# per GPU and MFU, medians and ranges of 5 timed blocks per way; writes benchmarks/results/gpu.json.
+# ARGS passes options, e.g. ARGS="--ways packed --compile --accumulation 8"
+# (see python -m chatmill.bench.gpu --help).
 bench-gpu: setup
 	$(BIN)/python -m pytest -q tests/test_attention.py
 	$(BIN)/python -m chatmill.bench.gpu $(ARGS)

@@ -167,9 +167,12 @@ def to_conversation(raw: RawRecord, source: str, format_name: str) -> Conversati
         raise RecordError("nested too deeply to serialise") from None
     # A lone surrogate (half an emoji, from a "\ud83d" escape) cannot be written to parquet. Each string
     # is tried in the row's order: the same first fault as encoding the row's JSON, at a fraction of the cost.
+    # An ASCII string (isascii() reads a flag) holds none.
     texts = [conversation[key] for key in ("id", "source", "bot_name", "persona", "scenario")]
     texts += [value for turn in conversation["turns"] for value in turn.values()]
     for text in [*texts, conversation["meta"]]:
+        if text.isascii():
+            continue
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as error:

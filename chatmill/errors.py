@@ -4,6 +4,8 @@ import functools
 import sys
 from collections.abc import Callable
 
+from chatmill.timings import mark
+
 
 class ChatmillError(Exception):
     """Bad input or config. The message says what is wrong, where, and how to fix it."""
@@ -14,6 +16,7 @@ def exit_on_error(main: Callable[[], None]) -> Callable[[], None]:
 
     @functools.wraps(main)
     def wrapper() -> None:
+        mark("import")  # the stage's module-level imports are done
         try:
             main()
         except ChatmillError as error:

@@ -64,6 +64,7 @@ from chatmill.prompt import check_format, prompt_format
 from chatmill.report import Run, render_report
 from chatmill.schema import USER_NAME, Conversation, Turn, make_conversation
 from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard
+from chatmill.timings import mark
 
 PROMPT_SETS = ("heldout", "zero_shot", "few_shot")
 
@@ -332,6 +333,7 @@ def evaluate(
             "set eval.model to a model trained with it, or re-run its training (`dvc repro`)",
         )
     model = load_model(model_dir, device())
+    mark("set-up")
     loss = eval_loss(model, load_shard(EVAL_SHARD_DIR), params["batch_size"])
     samples = sample_all(model, tokenizer, heldout + fixed, params)
     metrics = {"eval_loss": round(loss, 6), "perplexity": round(math.exp(loss), 6), **sample_metrics(samples)}

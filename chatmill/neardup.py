@@ -15,7 +15,6 @@ Recall is set by the threshold, not the bands: 16 x 6 and 10 x 4 dropped the sam
 """
 
 import itertools
-import re
 import zlib
 from typing import Any
 
@@ -23,10 +22,9 @@ import numpy as np
 from datasketch import MinHash
 
 from chatmill.errors import ChatmillError
-from chatmill.filters import ConversationFilter, turn_words
+from chatmill.filters import ConversationFilter, lower_words, turn_words
 from chatmill.schema import Conversation
 
-WORD = re.compile(r"\w+")
 SHINGLE_MULTIPLIER = np.uint64(0x100000001B3)  # the 64-bit FNV prime: odd, its bits well spread
 BLOCK = 4096  # signatures are stored in blocks of this many rows, so the store grows without copying
 BandedSignature = tuple[np.ndarray, list[int]]  # a signature's low 16 bits and its band keys
@@ -34,7 +32,7 @@ BandedSignature = tuple[np.ndarray, list[int]]  # a signature's low 16 bits and 
 
 def shingle_hashes(texts: list[str], size: int) -> np.ndarray:
     """32-bit hashes of the lower-cased word `size`-grams of the texts; see word_shingle_hashes."""
-    return word_shingle_hashes(WORD.findall("\n".join(texts).lower()), size)
+    return word_shingle_hashes(lower_words("\n".join(texts)), size)
 
 
 def word_shingle_hashes(words: list[str], size: int) -> np.ndarray:

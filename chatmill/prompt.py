@@ -621,14 +621,33 @@ def mid_text_backend(tokenizer) -> Tokenizer | None:
     return _mid_text_backends[tokenizer]
 
 
+def exact_backend(tokenizer) -> Tokenizer | None:
+    """The tokenizer's fast backend, set as `tokenizer(texts, add_special_tokens=False)` sets it before
+    its own call (no truncation or padding; special tokens split as the tokenizer says), so that
+    `encode_batch_fast` on it gives the same ids; None for a tokenizer without one, or whose class
+    encodes its own way. transformers asks the backend for offsets and attention masks and converts
+    every encoding to Python lists; `encode_batch_fast` computes no offsets and builds only the ids."""
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(tokenizer)._encode_plus is not TokenizersBackend._encode_plus:
+        return None
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    return backend
+
+
 def encode_texts(tokenizer, texts: list[str], starts_text: bool) -> list[list[int]]:
     """Token ids of each text, as it is encoded at a text's start or in the middle of one."""
     if not texts:
         return []
-    mid_text = None if starts_text else mid_text_backend(tokenizer)
-    if mid_text is not None:
-        return [encoding.ids for encoding in mid_text.encode_batch(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    backend = (None if starts_text else mid_text_backend(tokenizer)) or exact_backend(tokenizer)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def encode_segments(
@@ -650,12 +669,14 @@ def encode_segments(
         )
     result = []
     for segments in pieces:
-        encoded = Encoded([], [])
-        for segment in segments:
-            ids = token_ids[(segment.text, segment.starts_text)] if segment.text != "" else []
-            encoded.ids += ids
-            encoded.supervised += [segment.supervised] * len(ids)
-        result.append(encoded)
+        ids: list[int] = []
+        supervised: list[bool] = []
+        for text, is_supervised, starts_text in segments:  # unpacked: a field lookup costs more
+            if text != "":
+                segment_ids = token_ids[text, starts_text]
+                ids += segment_ids
+                supervised += [is_supervised] * len(segment_ids)
+        result.append(Encoded(ids, supervised))
     return result
 
 

@@ -47,15 +47,15 @@ def _field(record: Any, key: str, kind: type, default: Any = None, where: str = 
     ("conversation[3]"), so that a reason points at the exact turn."""
     if not isinstance(record, dict):
         raise RecordError(f"{where or 'record'} is {type(record).__name__}, expected an object")
+    value = record.get(key)
+    if isinstance(value, kind):
+        return value
     name = f"{where}.{key}" if where else key
-    if key not in record or record[key] is None:
+    if value is None:
         if default is not None:
             return default
         raise RecordError(f"missing field '{name}'")
-    value = record[key]
-    if not isinstance(value, kind):
-        raise RecordError(f"field '{name}' is {type(value).__name__}, expected {kind.__name__}")
-    return value
+    raise RecordError(f"field '{name}' is {type(value).__name__}, expected {kind.__name__}")
 
 
 def origin_meta(record: dict) -> dict[str, Any]:

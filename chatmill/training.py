@@ -46,6 +46,7 @@ from chatmill.layout import (
 from chatmill.params import require
 from chatmill.ranks import cpu_threads
 from chatmill.shards import ARRAYS, IGNORE_INDEX, load_shard
+from chatmill.timings import mark
 
 if TYPE_CHECKING:  # deepspeed takes seconds to import: setup_part imports it
     from deepspeed import DeepSpeedEngine
@@ -462,10 +463,16 @@ def join_ranks(train: dict) -> tuple[int, int]:
     """Join the part's ranks (gloo between CPU ranks, the accelerator's own backend between GPUs);
     CPU ranks share the cores out; only rank 0 shows transformers' progress bars. (rank, world size)"""
     import deepspeed
+    import deepspeed.ops
     from transformers.utils.logging import disable_progress_bar
 
-    deepspeed.init_distributed(dist_backend=None if train["gpus"] else "gloo")
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world_size == 1:
+        # No op is compatible, as DeepSpeed's comm sees it: it would otherwise probe every op (compiler
+        # subprocesses) and JIT-build its shared-memory all-reduce (46 s on 2 cores, again for every
+        # new checkout or environment path), for a world of one process that never reduces with another.
+        deepspeed.ops.__compatible_ops__ = {}
+    deepspeed.init_distributed(dist_backend=None if train["gpus"] else "gloo")
     if not train["gpus"] and world_size > 1:
         torch.set_num_threads(cpu_threads(int(os.environ.get("LOCAL_SIZE", world_size))))
     if rank:
@@ -717,6 +724,7 @@ def train_part(number: int, train: dict) -> dict:
 
     part = setup_part(number, train)
     start = resume_part(part)
+    mark("set-up")
     live = None
     if part.rank == 0:
         live = Live(dir=str(live_dir(number)), resume=start.step > 0, dvcyaml=None, save_dvc_exp=False)

@@ -1,5 +1,7 @@
 """The training benchmark's data layouts: the three ways supervise the same tokens in the same contexts."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from chatmill.bench import train as bench_train
 from chatmill.modeling import scratch_model
 from chatmill.prompt import Encoded, encode_conversation
 from chatmill.shards import IGNORE_INDEX
+from chatmill.training import with_adapter
 
 PAD = 0
 
@@ -54,12 +57,24 @@ def test_padded_batches_keep_every_example_within_the_token_budget():
     assert real == sorted(len(example) for example in examples)
 
 
-def test_turns_give_each_way_all_its_batches_once_in_order():
-    batches = {"a": list(range(7)), "b": list(range(3))}
-    taken = {"a": [], "b": []}
-    for way, turn in bench_train.turns(batches, rounds=4):
-        taken[way] += turn
-    assert taken == batches
+def test_op_split_sorts_matmuls_attention_other_ops_and_the_rest_of_the_step():
+    self_cpu_us = {
+        "aten::addmm": 300.0,
+        "aten::mm": 200.0,
+        "MmBackward0": 10.0,
+        "aten::_scaled_dot_product_flash_attention_for_cpu": 100.0,
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward": 100.0,
+        "aten::mul": 90.0,
+        "aten::mmap_like_name_that_is_no_matmul": 100.0,
+    }
+    split = bench_train.op_split(self_cpu_us, wall_us=1000.0)
+    assert split == {
+        "step_ms": 1.0,
+        "matmul": 0.51,
+        "attention": 0.2,
+        "other_ops": 0.19,
+        "outside_ops": 0.1,
+    }
 
 
 @pytest.fixture
@@ -114,3 +129,28 @@ def test_a_training_step_lowers_the_loss_on_its_batch(three_ways, tiny_tokenizer
         last = trainer.step(batch)
     assert last < first and trainer.wall_s > 0
     assert torch.isfinite(torch.tensor(last))
+
+
+def test_lora_keeps_a_fraction_of_the_optimizer_state_of_full_fine_tuning(
+    three_ways, tiny_tokenizer, tiny_scratch
+):
+    train = {"lr": 1e-2, "weight_decay": 0.0, "grad_clip": 1.0, "gradient_checkpointing": False}
+    lora = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear"}
+    full = bench_train.WayTrainer(scratch_model(tiny_scratch, tiny_tokenizer, seed=0), train)
+    adapted = bench_train.WayTrainer(
+        with_adapter(
+            scratch_model(tiny_scratch, tiny_tokenizer, seed=0),
+            1,
+            Path(),
+            train | {"adapter": "lora", "lora": lora},
+        ),
+        train,
+    )
+    assert bench_train.optimizer_state_bytes(full.optimizer) == 0  # AdamW makes its state on the first step
+    for trainer in (full, adapted):
+        trainer.step(three_ways["packed"][0])
+    for trainer in (full, adapted):
+        weights = sum(parameter.numel() for parameter in trainer.trainable)
+        steps = len(trainer.trainable)  # one fp32 step count per weight tensor
+        assert bench_train.optimizer_state_bytes(trainer.optimizer) == 4 * (2 * weights + steps)
+    assert sum(p.numel() for p in adapted.trainable) < sum(p.numel() for p in full.trainable) / 4

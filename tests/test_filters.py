@@ -3,6 +3,7 @@
 import copy
 import io
 import json
+import re
 
 import pytest
 from conftest import DEFAULT_PARAMS
@@ -17,6 +18,7 @@ from chatmill.filters import (
     NoBotTurn,
     Zalgo,
     build_quality_filters,
+    lower_words,
 )
 from chatmill.stats import StageStats
 
@@ -297,3 +299,17 @@ def test_each_filter_drops_under_its_own_reason_and_stats_reconcile(tmp_path):
     assert stats.records_in == len(records) == 7
     assert stats.records_in == stats.records_out + sum(stats.dropped.values()) + stats.quarantined
     assert stats.extra["sources"]["logs"]["dropped_zalgo"] == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello, THERE_you 42 don't-stop\tnow\n\x1f...",
+        "Café NAÏVE 東京 ２３ x²",
+        "\u212a is a Kelvin sign that lower-cases to ASCII",
+        "İstanbul",
+        "",
+    ],
+)
+def test_lower_words_are_the_unicode_regex_words_of_the_lower_cased_text(text):
+    assert lower_words(text) == re.findall(r"\w+", text.lower())

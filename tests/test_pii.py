@@ -3,6 +3,7 @@
 import gzip
 import json
 import random
+import re
 import string
 from collections import Counter
 from pathlib import Path
@@ -240,6 +241,19 @@ def test_recall_on_planted_pii_is_at_least_99_percent():
 )
 def test_scrub_replaces_with_typed_placeholders(text, expected):
     assert scrubber().scrub(text) == expected
+
+
+def test_the_api_key_hint_holds_for_every_key_mark_and_only_for_them():
+    """The hint once was the regex below; its marks are now searched for one by one."""
+    regex = re.compile(
+        r"sk-|_live_|_test_|hf_|gh[pousr]_|github_pat_|glpat-|AKIA|ASIA|AIza|xox|eyJ|PRIVATE KEY"
+    )
+    scrubber = PiiScrubber(["api_key"])
+    texts = ["ghp_", "gho_", "ghx_", "my hf_ key", "sk_", "asia", "eyj", "PRIVATE KEY", "private key"]
+    texts += ["xo x", "a sk-b", "pk_live_x", "AKIA0", "AIza", "glpat-", "github_pat_", "xoxb", "eyJhbGci"]
+    texts += ["ghs_ghr_ghu_", "_test_"]
+    for text in texts:
+        assert bool(scrubber.hinted_types(text)) == (regex.search(text) is not None), text
 
 
 def test_counts_are_per_type_and_only_for_chosen_types():

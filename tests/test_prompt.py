@@ -22,6 +22,9 @@ from chatmill.prompt import (
     encode_conversation,
     encode_conversations,
     encode_prompt,
+    encode_texts,
+    exact_backend,
+    mid_text_backend,
     prepare_tokenizer,
     prompt_format,
     recorded_format,
@@ -175,6 +178,41 @@ def test_a_conversation_encodes_the_same_alone_and_in_a_batch(case):
     _, _, tokenizer = case
     alone = encode_conversation(tokenizer, CONVERSATION)
     assert encode_conversations(tokenizer, [GREETING, CONVERSATION, GREETING])[1] == alone
+
+
+# Texts where a faster call could part from transformers': code, odd whitespace, composed and emoji
+# characters, special tokens written out, the empty text.
+TRICKY_TEXTS = [
+    *REPLIES,
+    "```js\n\tconst s = '東京';  // café\n```\n",
+    "  leading, trailing and  double  spaces  ",
+    "Zoë 👩\u200d🔬 naïve\u00a0text\u3000!",
+    "<|im_start|>user\nHi<|im_end|>\n</s>Mira: *nods*</s>",
+    "",
+]
+
+
+def test_the_fast_backend_call_gives_the_ids_of_the_transformers_call(case):
+    """shard encodes with the backend's encode_batch_fast (no offsets): the ids must be those of
+    `tokenizer(texts)`, for text at a document's start and in its middle."""
+    _, _, tokenizer = case
+    texts = [*TRICKY_TEXTS, prompt_format(tokenizer).render_text(CONVERSATION)]
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    fast = exact_backend(tokenizer).encode_batch_fast(texts, add_special_tokens=False)
+    assert [encoding.ids for encoding in fast] == expected
+    assert encode_texts(tokenizer, texts, starts_text=True) == expected
+    mid_text = mid_text_backend(tokenizer)
+    if mid_text is not None:  # SentencePiece: its own backend, without the dummy prefix
+        expected = [encoding.ids for encoding in mid_text.encode_batch(texts, add_special_tokens=False)]
+    assert encode_texts(tokenizer, texts, starts_text=False) == expected
+
+
+def test_the_fast_backend_call_ignores_truncation_as_the_transformers_call_does(tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=3)
+    tokenizer.backend_tokenizer.enable_padding(length=100)
+    expected = tiny_tokenizer(TRICKY_TEXTS, add_special_tokens=False)["input_ids"]
+    assert encode_texts(tokenizer, TRICKY_TEXTS, starts_text=True) == expected
 
 
 def test_a_model_folders_chat_template_renders_the_ids_training_uses(case, tmp_path):

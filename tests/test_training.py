@@ -9,6 +9,7 @@ from chatmill.training import (
     accumulation_steps,
     deepspeed_config,
     eval_rows,
+    join_ranks,
     learning_rate,
     micro_batches,
     newest_checkpoint,
@@ -143,3 +144,19 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     actual = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], actual[0]) and np.array_equal(expected[1], actual[1])
     assert expected[2] == actual[2]
+
+
+@pytest.mark.parametrize("world_size, probed", [(1, False), (2, True)])
+def test_only_a_world_of_several_ranks_has_deepspeed_probe_its_ops_for_shared_memory(
+    monkeypatch, world_size, probed
+):
+    import deepspeed
+    import deepspeed.ops
+
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda dist_backend: None)
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    monkeypatch.setattr(deepspeed.ops, "__compatible_ops__", "not yet probed", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    assert join_ranks({"gpus": 0}) == (0, world_size)
+    assert (deepspeed.ops.__compatible_ops__ == "not yet probed") == probed

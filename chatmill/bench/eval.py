@@ -5,9 +5,11 @@ zero-/few-shot prompt sets of params.yaml) with the first setting of eval.grid, 
   naive      one prompt at a time, without the KV cache (every step re-reads the whole context);
   one-by-one one prompt at a time, with the KV cache;
   batched    eval.batch_size prompts at a time, left-padded, with the KV cache (what sample-eval does).
-Throughput is generated tokens (up to where each reply ended) per second, of the fastest of
---repeats runs per mode (the modes take turns). On a GPU it runs there; on the CPU with torch's
-thread count (--threads to change it). Results: printed, and written to benchmarks/results/eval.json.
+Throughput is generated tokens (up to where each reply ended) per second, in --repeats rounds:
+each round runs every mode once, the order rotated from round to round; printed as the median and
+min-max over the rounds, speedups as ratios within a round. On a GPU it runs there; on the CPU with
+torch's thread count (--threads to change it). Results: printed, and written to
+benchmarks/results/eval.json with every round and the machine.
 """
 
 import argparse
@@ -22,6 +24,7 @@ from rich.table import Table
 from transformers import AutoTokenizer
 
 from chatmill import evaluation
+from chatmill.bench.machine import machine, ratios, round_orders, spread, spread_text
 from chatmill.generation import device, generate_replies, generation_config, load_model, pad_id
 from chatmill.io import read_parquet, write_json
 from chatmill.layout import CONVERSATIONS, EVAL_SHARD_DIR, is_model_folder, trained_parts
@@ -60,9 +63,7 @@ def main() -> None:
     parser.add_argument("--model", help="a model folder (default: the last trained part)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, help="default: eval.batch_size")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="runs per mode; the fastest counts (default 3)"
-    )
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of every mode (default 5)")
     args = parser.parse_args()
     os.chdir(ROOT)
     if args.threads:
@@ -90,52 +91,60 @@ def main() -> None:
     no_cache = copy.deepcopy(config)
     no_cache.use_cache = False
     modes = {"naive": (no_cache, 1), "one-by-one": (config, 1), "batched": (config, batch_size)}
-    runs: dict[str, dict[str, float]] = {}
-    for _ in range(args.repeats):  # modes take turns, so a busy moment of the machine hits them alike
-        for name, (mode_config, size) in modes.items():
-            result = timed(model, tokenizer, encoded, mode_config, size, params["seed"])
-            if name not in runs or result["seconds"] < runs[name]["seconds"]:
-                runs[name] = result
-    baseline = runs["one-by-one"]["tokens_per_s"]
-    for result in runs.values():
-        result["speedup_vs_one_by_one"] = round(result["tokens_per_s"] / baseline, 2)
+    rounds: list[dict[str, dict[str, float]]] = []
+    for order in round_orders(list(modes), args.repeats):  # a busy moment of the machine hits every mode
+        timings = {}
+        for name in order:
+            mode_config, size = modes[name]
+            timings[name] = timed(model, tokenizer, encoded, mode_config, size, params["seed"])
+        rounds.append(timings)
+    speeds = [{name: timings[name]["tokens_per_s"] for name in modes} for timings in rounds]
+    runs = {
+        name: {
+            "replies": rounds[0][name]["replies"],
+            "new_tokens": rounds[0][name]["new_tokens"],  # seeded: the same replies every round
+            "seconds": spread([timings[name]["seconds"] for timings in rounds], 3),
+            "tokens_per_s": spread([speed[name] for speed in speeds], 1),
+            "replies_per_s": spread([timings[name]["replies_per_s"] for timings in rounds]),
+            "speedup_vs_one_by_one": spread(ratios(speeds, name, "one-by-one")),
+        }
+        for name in modes
+    }
     results = {
+        "machine": machine(),
         "model": str(model_dir),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "device": torch.cuda.get_device_name()
-        if model.device.type == "cuda"
-        else f"CPU, {os.cpu_count()} cores",
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
+        "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "CPU",
         "prompts": len(encoded),
         "mean_prompt_tokens": round(sum(map(len, encoded)) / len(encoded), 1),
         "max_new_tokens": params["max_new_tokens"],
         "batch_size": batch_size,
-        "repeats": args.repeats,
+        "rounds": args.repeats,
         "setting": params["grid"][0].name,
         "runs": runs,
     }
     write_json(RESULTS, results)
 
-    table = Table(title=f"sample-eval generation: {model_dir} on {results['device']}, {len(encoded)} prompts")
-    for column in ("mode", "batch", "cache", "seconds", "tokens", "tokens/s", "replies/s", "speedup"):
+    info = results["machine"]
+    table = Table(
+        title=f"sample-eval generation: {model_dir} on {results['device']} ({info['cpu']}, {info['cores']} "
+        f"cores / {info['torch_threads']} threads, {info['blas']}), {len(encoded)} prompts, "
+        f"{args.repeats} rounds: median (min–max)"
+    )
+    for column in ("mode", "batch", "cache", "tokens", "seconds", "tokens/s", "speedup"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for name, result in runs.items():
         table.add_row(
             name,
             str(batch_size if name == "batched" else 1),
             "no" if name == "naive" else "yes",
-            f"{result['seconds']:.2f}",
             str(result["new_tokens"]),
-            f"{result['tokens_per_s']:.0f}",
-            f"{result['replies_per_s']:.1f}",
-            f"{result['speedup_vs_one_by_one']:.2f}x",
+            spread_text(result["seconds"]),
+            spread_text(result["tokens_per_s"]),
+            spread_text(result["speedup_vs_one_by_one"]),
         )
-    Console(width=100).print(table)
-    print(
-        f"{RESULTS.relative_to(ROOT)}: {results['parameters']:,} parameters, "
-        f"torch threads {results['torch_threads']}"
-    )
+    Console(width=140).print(table)
+    print(f"{RESULTS.relative_to(ROOT)}: {results['parameters']:,} parameters")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ The documents are the committed sample conversations, encoded and cut into windo
 stage does, with a 32k byte-level BPE trained on them in seconds. Several GPUs: the script starts
 itself under the DeepSpeed launcher, one rank per GPU.
 
-Figures per way: real (non-padding) tokens/s per GPU, supervised tokens/s per GPU, padding share,
-peak memory, and MFU = real tokens/s per GPU x model FLOPs per token / the GPU's peak dense bf16
-FLOP/s. Model FLOPs per token = 6 x matmul weights + 12 x layers x hidden x L, PaLM's formula with L
-the length of the token's own document: the attention work that matters either way; padding counts
-zero. `mfu_palm_2048` is the same with L = 2048 for every token, as most published MFU figures do.
-Writes benchmarks/results/gpu.json.
+Each way trains --warmup untimed steps, then --repetitions timed blocks of --steps steps; figures
+are the median and min-max over the blocks (the ways are not interleaved: a 1.1B model and its
+optimizer state are built once per way). Figures per way: real (non-padding) tokens/s per GPU,
+supervised tokens/s per GPU, padding share, peak memory, and MFU = real tokens/s per GPU x model
+FLOPs per token / the GPU's peak dense bf16 FLOP/s. Model FLOPs per token = 6 x matmul weights +
+12 x layers x hidden x L, PaLM's formula with L the length of the token's own document: the
+attention work that matters either way; padding counts zero. `mfu_palm_2048` is the same with
+L = 2048 for every token, as most published MFU figures do. Writes benchmarks/results/gpu.json,
+with every block and the host machine.
 """
 
 import argparse
@@ -30,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +42,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatmill import attention
 from chatmill.bench import train as bench_train  # the CPU benchmark's data and batch builders
+from chatmill.bench.machine import machine, spread, spread_text
 from chatmill.flops import flops_per_token, matmul_parameters
 from chatmill.modeling import train_tokenizer
 from chatmill.params import load_params
 from chatmill.prompt import Encoded, corpus_texts
+from chatmill.ranks import single_process_environment
 from chatmill.shards import IGNORE_INDEX
-from chatmill.training import deepspeed_config, single_process_environment
+from chatmill.training import deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,8 +135,52 @@ def peak_tflops(name: str, override: float | None) -> float:
     raise SystemExit(f"bench-gpu: unknown peak bf16 FLOP/s for {name!r}; pass --peak-tflops")
 
 
+@dataclass
+class Block:
+    """One timed block of steps, summed over the ranks."""
+
+    seconds: float
+    real_tokens: float
+    supervised_tokens: float
+    model_flops: float
+
+
+def block_figures(
+    blocks: list[Block], steps: int, world: int, peak_flops: float, palm_flops_per_token: float
+):
+    """Median and min-max over the blocks of each per-GPU figure."""
+
+    def over_blocks(figure, digits: int) -> dict:
+        return spread([figure(block) for block in blocks], digits)
+
+    return {
+        "tokens_per_s_per_gpu": over_blocks(lambda b: b.real_tokens / b.seconds / world, 0),
+        "supervised_tokens_per_s_per_gpu": over_blocks(lambda b: b.supervised_tokens / b.seconds / world, 0),
+        "step_s": over_blocks(lambda b: b.seconds / steps, 4),
+        "mfu": over_blocks(lambda b: b.model_flops / b.seconds / world / peak_flops, 4),
+        "mfu_palm_2048": over_blocks(
+            lambda b: b.real_tokens * palm_flops_per_token / b.seconds / world / peak_flops, 4
+        ),
+    }
+
+
+def train_steps(engine, steps: Iterator[list[MicroBatch]], count: int, device: torch.device) -> torch.Tensor:
+    """Train `count` optimizer steps, each on the next micro batches of `steps`; returns their real
+    tokens, supervised tokens and model FLOPs."""
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for _ in range(count):
+        for batch in next(steps):
+            inputs = {name: t.to(device, non_blocking=True) for name, t in batch.tensors.items()}
+            engine.backward(engine(**inputs, use_cache=False).loss)
+            engine.step()
+            totals += torch.tensor(
+                [batch.real_tokens, batch.supervised_tokens, batch.model_flops], device=device
+            )
+    return totals
+
+
 def run_way(way: str, batches: list[MicroBatch], args, device: torch.device, rank: int, world: int) -> dict:
-    """Build the model and engine afresh, train warmup + timed steps, return this way's figures."""
+    """Build the model and engine afresh, train warmup steps and timed blocks, return this way's figures."""
     import deepspeed
     import deepspeed.comm as dist
 
@@ -149,47 +199,33 @@ def run_way(way: str, batches: list[MicroBatch], args, device: torch.device, ran
         engine.compile()
 
     mine = batches[rank::world]
-    steps = args.warmup + args.steps
-    needed = steps * args.accumulation
-    if len(mine) < needed:
+    needed = args.warmup + args.repetitions * args.steps  # optimizer steps
+    if len(mine) < needed * args.accumulation:
         raise SystemExit(
-            f"bench-gpu: {way}: {len(mine)} micro batches per GPU, {needed} needed; fewer --steps"
+            f"bench-gpu: {way}: {len(mine)} micro batches per GPU, {needed * args.accumulation} needed; "
+            "fewer --steps or --repetitions"
         )
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # real tokens, supervised tokens, model FLOPs
+    steps = (mine[step * args.accumulation : (step + 1) * args.accumulation] for step in range(needed))
     torch.cuda.reset_peak_memory_stats(device)
-    for step in range(steps):
-        if step == args.warmup:
-            torch.cuda.synchronize(device)
-            dist.barrier()
-            started = time.perf_counter()
-        for batch in mine[step * args.accumulation : (step + 1) * args.accumulation]:
-            inputs = {name: t.to(device, non_blocking=True) for name, t in batch.tensors.items()}
-            loss = engine(**inputs, use_cache=False).loss
-            engine.backward(loss)
-            engine.step()
-            if step >= args.warmup:
-                totals += torch.tensor(
-                    [batch.real_tokens, batch.supervised_tokens, batch.model_flops], device=device
-                )
-    torch.cuda.synchronize(device)
-    dist.barrier()
-    seconds = time.perf_counter() - started
-    dist.all_reduce(totals)
-    real, supervised, flops = totals.tolist()
+    train_steps(engine, steps, args.warmup, device)
+    blocks = []
+    for _ in range(args.repetitions):
+        torch.cuda.synchronize(device)
+        dist.barrier()
+        started = time.perf_counter()
+        totals = train_steps(engine, steps, args.steps, device)
+        torch.cuda.synchronize(device)
+        dist.barrier()
+        seconds = time.perf_counter() - started
+        dist.all_reduce(totals)
+        blocks.append(Block(seconds, *totals.tolist()))
     forward_tokens = sum(b.tensors["input_ids"].numel() for b in batches)
-    padding = 1 - sum(b.real_tokens for b in batches) / forward_tokens
     peak = peak_tflops(torch.cuda.get_device_name(device), args.peak_tflops) * 1e12
-    palm_flops_per_token = flops_per_token(model, SEQ_LEN)
     result = {
         "way": way,
-        "tokens_per_s_per_gpu": real / seconds / world,
-        "supervised_tokens_per_s_per_gpu": supervised / seconds / world,
-        "padding_fraction": padding,
-        "step_s": seconds / args.steps,
-        "mfu": flops / seconds / world / peak,
-        "mfu_palm_2048": real * palm_flops_per_token / seconds / world / peak,
+        **block_figures(blocks, args.steps, world, peak, flops_per_token(model, SEQ_LEN)),
+        "padding_fraction": 1 - sum(b.real_tokens for b in batches) / forward_tokens,
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
-        "final_loss": loss.item(),
     }
     del engine, model, optimizer
     torch.cuda.empty_cache()
@@ -210,7 +246,7 @@ def print_table(results: list[dict], environment: dict) -> None:
 
     table = Table(
         title=f"bench-gpu: {environment['gpu']} x {environment['gpus']}, "
-        f"1.1B Llama, seq {SEQ_LEN}, bf16, ZeRO-1"
+        f"1.1B Llama, seq {SEQ_LEN}, bf16, ZeRO-1; median (min–max) of {environment['repetitions']} blocks"
     )
     for column in (
         "way",
@@ -226,12 +262,12 @@ def print_table(results: list[dict], environment: dict) -> None:
     for r in results:
         table.add_row(
             r["way"],
-            f"{r['tokens_per_s_per_gpu']:,.0f}",
-            f"{r['supervised_tokens_per_s_per_gpu']:,.0f}",
+            spread_text(r["tokens_per_s_per_gpu"]),
+            spread_text(r["supervised_tokens_per_s_per_gpu"]),
             f"{r['padding_fraction']:.1%}",
-            f"{r['step_s']:.3f}",
-            f"{r['mfu']:.1%}",
-            f"{r['mfu_palm_2048']:.1%}",
+            f"{r['step_s']['median']:.3f}",
+            f"{r['mfu']['median']:.1%}",
+            f"{r['mfu_palm_2048']['median']:.1%}",
             f"{r['peak_memory_gb']:.1f}",
         )
     Console(width=150).print(table)
@@ -240,7 +276,8 @@ def print_table(results: list[dict], environment: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ways", default="packed,padded", help="comma-separated: packed, padded")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per way")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per timed block")
+    parser.add_argument("--repetitions", type=int, default=5, help="timed blocks per way (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--accumulation", type=int, default=2)
@@ -292,16 +329,18 @@ def main() -> None:
             "micro_batch": args.micro_batch,
             "accumulation": args.accumulation,
             "steps": args.steps,
+            "repetitions": args.repetitions,
             "host": platform.node(),
+            "machine": machine(),
         }
         print_table(results, environment)
         ways = {r["way"]: r for r in results}
         if {"packed", "padded"} <= ways.keys():
             ratio = (
-                ways["packed"]["supervised_tokens_per_s_per_gpu"]
-                / ways["padded"]["supervised_tokens_per_s_per_gpu"]
+                ways["packed"]["supervised_tokens_per_s_per_gpu"]["median"]
+                / ways["padded"]["supervised_tokens_per_s_per_gpu"]["median"]
             )
-            print(f"packed / padded, supervised tokens/s: {ratio:.2f}x")
+            print(f"packed / padded, median supervised tokens/s: {ratio:.2f}x")
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps({"environment": environment, "results": results}, indent=2) + "\n")
         print(f"bench-gpu: wrote {args.output}")

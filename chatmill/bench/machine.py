@@ -1,5 +1,6 @@
 """What every benchmark records beside its figures: the machine it ran on, and repeated timings
-summarised as a median with its spread (the verdicts use the median)."""
+summarised as a median with its spread (the verdicts use the median), taken in rounds whose order
+rotates."""
 
 import os
 import platform
@@ -51,3 +52,14 @@ def spread(values: list[float], digits: int = 2) -> dict:
 def spread_text(summary: dict) -> str:
     """'6.62 (6.41–6.80)': the median and, in brackets, the range."""
     return f"{summary['median']:,} ({summary['min']:,}–{summary['max']:,})"
+
+
+def round_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """The order the runs take in each round: rotated by one each round, so every run goes first,
+    second, ... equally often when rounds is a multiple of their number."""
+    return [names[turn % len(names) :] + names[: turn % len(names)] for turn in range(rounds)]
+
+
+def ratios(speeds: list[dict[str, float]], way: str, baseline: str) -> list[float]:
+    """way's speed over baseline's in each round: two ways timed side by side, whatever the load."""
+    return [round_speeds[way] / round_speeds[baseline] for round_speeds in speeds]

@@ -1,12 +1,13 @@
 """CPU training-throughput benchmark: `make bench-train`.
 
-Trains the embedded default's tiny scratch Llama (params.yaml `model.scratch`, built in-process from
-config with `model.seed`; its byte-level BPE tokenizer trained as base-model trains it, on the
-source's conversations) on the same conversations three ways, from the same initial weights:
+Trains a Llama built in-process from config (BENCH_MODEL, large enough that matmuls and attention
+kernels take most of a step on 2 cores; --tiny: the embedded default's tiny scratch model,
+params.yaml `model.scratch`), from `model.seed`, with a byte-level BPE tokenizer trained as
+base-model trains it, on the same conversations three ways, from the same initial weights:
   packed       chatmill's way: every bot turn of a conversation supervised in one pass; windows
                (stages/shard.py) packed first-fit into rows of seq_len tokens whose position ids
                restart per window; attention within each window only, as train runs it on the
-               CPU (chatmill/attention.py: causal SDPA per document);
+               CPU (chatmill/attention.py, use_packed_attention);
   padded       one sequence per window (a conversation, cut at seq_len like shard cuts it), padded
                to the longest in its micro batch, attention_mask over the padding;
   per-reply    the original data tool's way: one example per bot reply, the window up to and
@@ -18,24 +19,29 @@ grouped into micro batches of at most train.micro_batch x seq_len tokens includi
 size of one packed micro batch. Each micro batch is one AdamW step (train.lr, train.weight_decay,
 train.grad_clip) in fp32 on the CPU, in a plain torch loop rather than DeepSpeed (the same work per
 step for every way; DeepSpeed adds the same overhead to each); the loss is transformers' causal-LM
-loss on labels that are -100 outside the supervised tokens.
+loss on labels that are -100 outside the supervised tokens. Beside them, "packed LoRA" trains the
+packed way's micro batches with train.lora's adapters over the frozen model, applied as train
+applies them (chatmill/training.py, with_adapter): optimizer-state bytes and step time against
+full fine-tuning.
 
 The context is the logbook's run's (presets/experiment-7.yaml shard.seq_len, 2048; --seq-len to
-change it): RoPE has no weights per position, so the tiny model is the same at any length.
-The ways take turns, a slice of micro batches each, so load from other processes on a shared
-machine slows all three alike.
+change it). Timing runs in --rounds rounds: each round trains every way on all its micro batches
+once, the order of the ways rotated from round to round, so load from other processes and a warm
+or cold machine fall on every way alike. Printed: the median and min-max over the rounds of each
+way's supervised tokens/s and of each ratio (a ratio per round, both ways timed in it); the verdict
+uses the medians. Then one step of each way under torch.profiler: the share of its time in matmuls.
 
 Data: the first --conversations conversations of a committed sample source (params.yaml
 `sources`, default community_logs: the PIPPA chat logs), parsed and normalised with the clean
 stage's functions; no PII scrubbing, filters or dedup (they drop or mask some conversations but
 do not change how a conversation is laid out for training).
-Results: printed, and written to benchmarks/results/train.json.
+Results: printed, and written to benchmarks/results/train.json with every round.
 """
 
 import argparse
 import os
-import platform
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +51,10 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from torch.profiler import ProfilerActivity, profile
 
 from chatmill import attention, clean, modeling, packing
+from chatmill.bench.machine import machine, ratios, round_orders, spread, spread_text
 from chatmill.containers import iter_records
 from chatmill.io import write_json
 from chatmill.params import load_params
@@ -54,6 +62,7 @@ from chatmill.prompt import Encoded, corpus_texts, encode_conversation
 from chatmill.records import RecordError
 from chatmill.schema import Conversation
 from chatmill.shards import IGNORE_INDEX
+from chatmill.training import with_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,9 +71,25 @@ RESULTS = ROOT / "benchmarks/results/train.json"
 # padded costs are set by whole conversations; params.yaml's 256 cuts them into near-full windows.
 REAL_RUN = ROOT / "presets/experiment-7.yaml"
 WAYS = ("packed", "padded", "per-reply")
+LORA = "packed LoRA"  # the packed way's micro batches, train.lora adapters over the frozen model
 GOAL_VS_PER_REPLY = 5.0
 GOAL_VS_PADDED = 1.5
-TURNS = 20  # slices per way; the ways take turns
+# A Llama of 4.3M parameters: on 2 cores at seq_len 2048 matmuls take 45-66% of a step and attention
+# kernels 21-35% more (each run profiles one step a way; docs/benchmarks.md), and 5 rounds over
+# DEFAULT_CONVERSATIONS take about 3 minutes. The vocabulary is the trained tokenizer's, as in
+# model.scratch.
+BENCH_MODEL = {
+    "hidden_size": 384,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 6,
+}
+DEFAULT_CONVERSATIONS = {"bench": 10, "tiny": 60}
+# torch.profiler op names: matmuls forward (linear is addmm or matmul inside) and their backward
+# nodes; attention kernels, fused or not.
+MATMUL_OP = re.compile(r"aten::(mm|addmm|bmm|matmul|linear|mv|addmv)$|^(Mm|Addmm|Bmm|Mv)Backward")
+ATTENTION_OP = re.compile(r"scaled_dot_product|ScaledDotProduct|flash_attention", re.IGNORECASE)
 
 
 @dataclass
@@ -206,12 +231,14 @@ def supervised_targets(batches: list[MicroBatch]) -> list[int]:
 
 
 class WayTrainer:
-    """One way's model and AdamW optimizer, trained one micro batch per step; counts its wall time."""
+    """One way's model and AdamW optimizer over its trainable weights, trained one micro batch per
+    step; counts its wall time."""
 
     def __init__(self, model: torch.nn.Module, train_params: dict):
         self.model, self.grad_clip, self.wall_s = model, train_params["grad_clip"], 0.0
+        self.trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=train_params["lr"], weight_decay=train_params["weight_decay"]
+            self.trainable, lr=train_params["lr"], weight_decay=train_params["weight_decay"]
         )
         model.train()
 
@@ -220,7 +247,7 @@ class WayTrainer:
         started = time.perf_counter()
         loss = self.model(**batch.inputs, use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         value = loss.item()
@@ -228,45 +255,187 @@ class WayTrainer:
         return value
 
 
-def turns(batches: dict[str, list[MicroBatch]], rounds: int) -> list[tuple[str, list[MicroBatch]]]:
-    """Each way's micro batches cut into `rounds` consecutive slices, the ways taking turns slice by
-    slice: load from other processes on a shared machine then slows every way alike."""
-    return [
-        (way, way_batches[len(way_batches) * turn // rounds : len(way_batches) * (turn + 1) // rounds])
-        for turn in range(rounds)
-        for way, way_batches in batches.items()
-    ]
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors (AdamW: two moments per trained weight, and a step)."""
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
+    )
 
 
-def figures(counts: dict[str, int], wall_s: float) -> dict:
+def op_split(self_cpu_us: dict[str, float], wall_us: float) -> dict[str, float]:
+    """Shares of one step's wall time: matmuls, attention kernels, every other op, and what no op
+    accounts for (Python, the optimizer's bookkeeping between ops), from each op's self CPU time."""
+    matmul = sum(time_us for name, time_us in self_cpu_us.items() if MATMUL_OP.search(name))
+    attention_us = sum(
+        time_us
+        for name, time_us in self_cpu_us.items()
+        if ATTENTION_OP.search(name) and not MATMUL_OP.search(name)
+    )
+    ops = sum(self_cpu_us.values())
+    return {
+        "step_ms": round(wall_us / 1000, 1),
+        "matmul": round(matmul / wall_us, 3),
+        "attention": round(attention_us / wall_us, 3),
+        "other_ops": round((ops - matmul - attention_us) / wall_us, 3),
+        "outside_ops": round(max(0.0, 1 - ops / wall_us), 3),
+    }
+
+
+def profile_step(trainer: WayTrainer, batch: MicroBatch) -> dict[str, float]:
+    """One training step under torch.profiler (CPU): op_split of its time."""
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        started = time.perf_counter()
+        trainer.step(batch)
+        wall_us = (time.perf_counter() - started) * 1e6
+    self_cpu_us: dict[str, float] = {}
+    for event in profiler.key_averages():
+        self_cpu_us[event.key] = self_cpu_us.get(event.key, 0.0) + event.self_cpu_time_total
+    return op_split(self_cpu_us, wall_us)
+
+
+def typical(batches: list[MicroBatch]) -> MicroBatch:
+    """The micro batch of median size (forward tokens): the one a way's profile is taken on."""
+    return sorted(batches, key=lambda batch: batch.inputs["input_ids"].numel())[len(batches) // 2]
+
+
+def figures(counts: dict[str, int], round_seconds: list[float]) -> dict:
     return counts | {
-        "wall_s": round(wall_s, 2),
-        "supervised_tokens_per_s": round(counts["supervised_tokens"] / wall_s, 1),
         "forward_per_supervised": round(counts["forward_tokens"] / counts["supervised_tokens"], 3),
         "padding_fraction": round(counts["padding_tokens"] / counts["forward_tokens"], 4),
+        "supervised_tokens_per_s": spread([counts["supervised_tokens"] / s for s in round_seconds], 1),
+        "wall_s": spread(round_seconds),
     }
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
+def lora_figures(trainer: WayTrainer, steps: int, round_seconds: list[float]) -> dict:
     return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "trainable_parameters": sum(parameter.numel() for parameter in trainer.trainable),
+        "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
+        "step_s": spread([seconds / steps for seconds in round_seconds], 3),
     }
+
+
+def build_batches(tokenizer, conversations: list[Conversation], seq_len: int, micro_batch: int, seed: int):
+    """Each way's micro batches, checked to supervise the same tokens in the same contexts."""
+    windows = conversation_windows(tokenizer, conversations, seq_len)
+    pad_id, budget = tokenizer.pad_token_id, micro_batch * seq_len
+    replies = [example for window in windows for example in per_reply_examples(window)]
+    batches = {
+        "packed": packed_batches(windows, seq_len, pad_id, micro_batch),
+        "padded": padded_batches(windows, pad_id, budget, seed),
+        "per-reply": padded_batches(replies, pad_id, budget, seed),
+    }
+    targets = {way: supervised_targets(way_batches) for way, way_batches in batches.items()}
+    if not targets["packed"] == targets["padded"] == targets["per-reply"]:
+        raise SystemExit("bench-train: the three ways do not supervise the same tokens in the same contexts")
+    return batches, len(windows), len(replies)
+
+
+def build_trainers(model_config: dict, tokenizer, seed: int, train_params: dict, seq_len: int) -> dict:
+    """A trainer per way and one for packed LoRA, each from the same initial weights."""
+    cpu = torch.device("cpu")
+    initial = modeling.scratch_model(model_config, tokenizer, seed).state_dict()
+    trainers = {}
+    for name in (*WAYS, LORA):
+        model = modeling.scratch_model(model_config, tokenizer, seed)
+        model.load_state_dict(initial)
+        if name in ("packed", LORA):
+            attention.use_packed_attention(model, cpu, False, seq_len)
+        if name == LORA:  # new adapters, as part 1 makes them (no previous part to read)
+            model = with_adapter(model, 1, Path(), train_params | {"adapter": "lora"})
+        trainers[name] = WayTrainer(model, train_params)
+    return trainers
+
+
+def run_rounds(trainers: dict, batches: dict, rounds: int) -> dict[str, list[float]]:
+    """Every run's seconds for all its micro batches, once per round, in round_orders' order.
+    One untimed step each first: kernels chosen and memory allocated."""
+    seconds: dict[str, list[float]] = {name: [] for name in trainers}
+    columns = (*Progress.get_default_columns(), "loss {task.fields[loss]:.3f}")
+    with Progress(*columns, transient=True) as progress:
+        tasks = {
+            name: progress.add_task(name, total=rounds * len(batches[name]), loss=float("nan"))
+            for name in trainers
+        }
+        for name, trainer in trainers.items():
+            trainer.step(batches[name][0])
+        for order in round_orders(list(trainers), rounds):
+            for name in order:
+                trainer = trainers[name]
+                trainer.wall_s = 0.0
+                for batch in batches[name]:
+                    progress.update(tasks[name], advance=1, loss=trainer.step(batch))
+                seconds[name].append(trainer.wall_s)
+    return seconds
+
+
+def print_report(result: dict) -> None:
+    info, model = result["machine"], result["model"]
+    console = Console()
+    table = Table(
+        title=f"bench-train: {model['name']} model ({model['parameters']:,} parameters), "
+        f"{result['conversations']} conversations, seq_len {result['seq_len']}, {result['rounds']} rounds; "
+        f"{info['cpu']}, {info['cores']} cores / {info['torch_threads']} threads, {info['blas']}"
+    )
+    for column in (
+        "way",
+        "supervised tok/s: median (min–max)",
+        "forward / supervised",
+        "padding",
+        "s a round",
+    ):
+        table.add_column(column, justify="right")
+    for way in WAYS:
+        row = result["ways"][way]
+        table.add_row(
+            way,
+            spread_text(row["supervised_tokens_per_s"]),
+            f"{row['forward_per_supervised']:.2f}",
+            f"{row['padding_fraction']:.1%}",
+            f"{row['wall_s']['median']:.1f}",
+        )
+    console.print(table)
+    split = Table(title="one step under torch.profiler: share of its wall time")
+    for column in ("way", "step ms", "matmul", "attention", "other ops", "outside ops"):
+        split.add_column(column, justify="right")
+    for way, shares in result["profile"].items():
+        split.add_row(
+            way,
+            f"{shares['step_ms']:,.0f}",
+            *(f"{shares[key]:.0%}" for key in ("matmul", "attention", "other_ops", "outside_ops")),
+        )
+    console.print(split)
+    lora = Table(title="full fine-tuning vs LoRA (packed micro batches)")
+    for column in ("", "trained parameters", "optimizer state MB", "step s: median (min–max)"):
+        lora.add_column(column, justify="right")
+    for name, row in result["lora"].items():
+        lora.add_row(
+            name,
+            f"{row['trainable_parameters']:,}",
+            f"{row['optimizer_state_bytes'] / 1e6:,.2f}",
+            spread_text(row["step_s"]),
+        )
+    console.print(lora)
+    goal = result["goal"]
+    print(
+        f"packed vs per-reply {spread_text(result['ratio_vs_per_reply'])} (goal >= {GOAL_VS_PER_REPLY}), "
+        f"packed vs padded {spread_text(result['ratio_vs_padded'])} (goal >= {GOAL_VS_PADDED}), "
+        f"medians: {'PASS' if goal['passed'] else 'FAIL'}  (written to {RESULTS.relative_to(ROOT)})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--conversations", type=int, default=60, help="first N conversations (default 60)")
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        help="first N conversations (default {bench}; --tiny: {tiny})".format(**DEFAULT_CONVERSATIONS),
+    )
     parser.add_argument(
         "--source", default="community_logs", help="a params.yaml source (default community_logs)"
     )
@@ -275,103 +444,69 @@ def main() -> None:
         type=int,
         help=f"default: shard.seq_len of {REAL_RUN.relative_to(ROOT)}, the logbook's run",
     )
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of every way (default 5)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model.scratch instead of BENCH_MODEL")
     args = parser.parse_args()
     os.chdir(ROOT)
     params = load_params("sources", "model", "train")
     source = params["sources"][args.source]
     seq_len = args.seq_len or load_params("shard", path=REAL_RUN)["shard"]["seq_len"]
-    train_params, seed = params["train"], params["model"]["seed"]
+    train_params, seed, scratch = params["train"], params["model"]["seed"], params["model"]["scratch"]
 
     conversations = read_conversations(ROOT / source["uri"], source["format"], args.source)
-    scratch = params["model"]["scratch"]
     tokenizer = modeling.train_tokenizer(corpus_texts(conversations), scratch["vocab_size"])
     # RoPE has no weights per position: a longer context is the same model.
-    scratch = scratch | {"max_position_embeddings": max(scratch["max_position_embeddings"], seq_len)}
-    initial = modeling.scratch_model(scratch, tokenizer, seed).state_dict()
-
-    windows = conversation_windows(tokenizer, conversations[: args.conversations], seq_len)
-    pad_id, budget = tokenizer.pad_token_id, train_params["micro_batch"] * seq_len
-    replies = [example for window in windows for example in per_reply_examples(window)]
-    batches = {
-        "packed": packed_batches(windows, seq_len, pad_id, train_params["micro_batch"]),
-        "padded": padded_batches(windows, pad_id, budget, seed),
-        "per-reply": padded_batches(replies, pad_id, budget, seed),
+    model_config = (scratch if args.tiny else scratch | BENCH_MODEL) | {
+        "max_position_embeddings": max(scratch["max_position_embeddings"], seq_len)
     }
-    targets = {way: supervised_targets(way_batches) for way, way_batches in batches.items()}
-    if not targets["packed"] == targets["padded"] == targets["per-reply"]:
-        raise SystemExit("bench-train: the three ways do not supervise the same tokens in the same contexts")
+    model_name = "tiny" if args.tiny else "bench"
+    conversations = conversations[: args.conversations or DEFAULT_CONVERSATIONS[model_name]]
+    batches, windows, replies = build_batches(
+        tokenizer, conversations, seq_len, train_params["micro_batch"], seed
+    )
+    batches[LORA] = batches["packed"]
+    trainers = build_trainers(model_config, tokenizer, seed, train_params, seq_len)
+    seconds = run_rounds(trainers, batches, args.rounds)
+    profiles = {way: profile_step(trainers[way], typical(batches[way])) for way in WAYS}
 
-    trainers = {}
-    for way in WAYS:
-        model = modeling.scratch_model(scratch, tokenizer, seed)
-        if way == "packed":
-            model.set_attn_implementation(attention.packed_attention(torch.device("cpu"), False, seq_len))
-        model.load_state_dict(initial)
-        trainers[way] = WayTrainer(model, train_params)
-    columns = (*Progress.get_default_columns(), "loss {task.fields[loss]:.3f}")
-    with Progress(*columns, transient=True) as progress:
-        tasks = {way: progress.add_task(way, total=len(batches[way]), loss=float("nan")) for way in WAYS}
-        for way, turn_batches in turns(batches, TURNS):
-            for batch in turn_batches:
-                progress.update(tasks[way], advance=1, loss=trainers[way].step(batch))
-    results = {way: figures(token_counts(batches[way]), trainers[way].wall_s) for way in WAYS}
-
-    speed = {way: results[way]["supervised_tokens_per_s"] for way in WAYS}
-    ratio_vs_per_reply = round(speed["packed"] / speed["per-reply"], 2)
-    ratio_vs_padded = round(speed["packed"] / speed["padded"], 2)
-    passed = ratio_vs_per_reply >= GOAL_VS_PER_REPLY and ratio_vs_padded >= GOAL_VS_PADDED
+    results = {way: figures(token_counts(batches[way]), seconds[way]) for way in WAYS}
+    supervised = results["packed"]["supervised_tokens"]  # the same for every way (checked)
+    speeds = [{way: supervised / seconds[way][turn] for way in WAYS} for turn in range(args.rounds)]
+    vs_per_reply = spread(ratios(speeds, "packed", "per-reply"))
+    vs_padded = spread(ratios(speeds, "packed", "padded"))
+    steps = len(batches["packed"])
     result = {
         "machine": machine(),
+        "model": {
+            "name": model_name,
+            "config": model_config,
+            "parameters": trainers["packed"].model.num_parameters(),
+            "packed_attention": trainers["packed"].model.config._attn_implementation,
+        },
         "source": args.source,
-        "conversations": min(args.conversations, len(conversations)),
-        "windows": len(windows),
-        "replies": len(replies),
+        "conversations": len(conversations),
+        "windows": windows,
+        "replies": replies,
         "seq_len": seq_len,
-        "token_budget_per_micro_batch": budget,
-        "parameters": trainers["packed"].model.num_parameters(),
+        "token_budget_per_micro_batch": train_params["micro_batch"] * seq_len,
+        "rounds": args.rounds,
         "ways": results,
-        "ratio_vs_per_reply": ratio_vs_per_reply,
-        "ratio_vs_padded": ratio_vs_padded,
+        "ratio_vs_per_reply": vs_per_reply,
+        "ratio_vs_padded": vs_padded,
+        "profile": profiles,
+        "lora": {
+            "full": lora_figures(trainers["packed"], steps, seconds["packed"]),
+            "LoRA": lora_figures(trainers[LORA], steps, seconds[LORA]) | {"lora": train_params["lora"]},
+        },
         "goal": {
             "ratio_vs_per_reply": GOAL_VS_PER_REPLY,
             "ratio_vs_padded": GOAL_VS_PADDED,
-            "passed": passed,
+            "passed": vs_per_reply["median"] >= GOAL_VS_PER_REPLY and vs_padded["median"] >= GOAL_VS_PADDED,
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS, result)
-
-    info = result["machine"]
-    table = Table(
-        title=f"bench-train: {result['conversations']} conversations, seq_len {seq_len}, "
-        f"{result['parameters']:,} parameters, {info['cores']} cores / {info['torch_threads']} threads"
-    )
-    for column in (
-        "way",
-        "supervised tok/s",
-        "forward / supervised",
-        "padding",
-        "wall s",
-        "supervised tokens",
-    ):
-        table.add_column(column, justify="right")
-    for way in WAYS:
-        row = results[way]
-        table.add_row(
-            way,
-            f"{row['supervised_tokens_per_s']:,.0f}",
-            f"{row['forward_per_supervised']:.2f}",
-            f"{row['padding_fraction']:.1%}",
-            f"{row['wall_s']:.1f}",
-            f"{row['supervised_tokens']:,}",
-        )
-    Console().print(table)
-    verdict = "PASS" if passed else "FAIL"
-    print(
-        f"ratio_vs_per_reply {ratio_vs_per_reply} (goal >= {GOAL_VS_PER_REPLY}), "
-        f"ratio_vs_padded {ratio_vs_padded} (goal >= {GOAL_VS_PADDED}): {verdict}  "
-        f"(written to {RESULTS.relative_to(ROOT)})"
-    )
+    print_report(result)
 
 
 if __name__ == "__main__":
