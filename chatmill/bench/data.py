@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatmill.bench.machine import machine, spread, spread_text
+from chatmill.io import write_json
 from chatmill.pipeline import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,8 +250,7 @@ def main() -> None:
     input_mb = uncompressed_mb(pippa)
     runs = [repetition(args.workdir, pippa) for _ in range(repetitions)]
     result = {"machine": host, **summarize(runs, input_mb)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     print_table(result)
 
 

@@ -25,7 +25,6 @@ with every block and the host machine.
 """
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -44,6 +43,7 @@ from chatmill import attention
 from chatmill.bench import train as bench_train  # the CPU benchmark's data and batch builders
 from chatmill.bench.machine import machine, spread, spread_text
 from chatmill.flops import flops_per_token, matmul_parameters
+from chatmill.io import write_json
 from chatmill.modeling import train_tokenizer
 from chatmill.params import load_params
 from chatmill.prompt import Encoded, corpus_texts
@@ -341,8 +341,7 @@ def main() -> None:
                 / ways["padded"]["supervised_tokens_per_s_per_gpu"]["median"]
             )
             print(f"packed / padded, median supervised tokens/s: {ratio:.2f}x")
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"environment": environment, "results": results}, indent=2) + "\n")
+        write_json(args.output, {"environment": environment, "results": results})
         print(f"bench-gpu: wrote {args.output}")
 
 

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatmill.bench.machine import machine, spread
+from chatmill.io import write_json
 from chatmill.timings import ENV, PHASES, phase_split
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,7 +182,6 @@ def main() -> None:
         if changed
         else f"outputs' md5 identical to {expect}'s (logs with cache: false aside)"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": machine(),
         "source": str(source),
@@ -192,7 +192,7 @@ def main() -> None:
         "dvc_overhead_s": dvc,
         "changed_outputs": changed,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS, result)
     console.print(f"written {RESULTS.relative_to(ROOT)} and {LOCK.relative_to(ROOT)}")
 
 

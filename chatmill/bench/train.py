@@ -504,7 +504,6 @@ def main() -> None:
             "passed": vs_per_reply["median"] >= GOAL_VS_PER_REPLY and vs_padded["median"] >= GOAL_VS_PADDED,
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS, result)
     print_report(result)
 
