@@ -290,10 +290,8 @@ def profile_step(trainer: WayTrainer, batch: MicroBatch) -> dict[str, float]:
         started = time.perf_counter()
         trainer.step(batch)
         wall_us = (time.perf_counter() - started) * 1e6
-    self_cpu_us: dict[str, float] = {}
-    for event in profiler.key_averages():
-        self_cpu_us[event.key] = self_cpu_us.get(event.key, 0.0) + event.self_cpu_time_total
-    return op_split(self_cpu_us, wall_us)
+    # key_averages() already sums the events of each op name: one entry per op
+    return op_split({event.key: event.self_cpu_time_total for event in profiler.key_averages()}, wall_us)
 
 
 def typical(batches: list[MicroBatch]) -> MicroBatch:
