@@ -90,8 +90,8 @@ bench-repro: setup
 
 # CPU training benchmark: a 4.3M-parameter Llama (TINY=1: the tiny scratch model) trained on N sample
 # conversations (default 10; TINY=1: 60) packed (chatmill), padded per conversation, one example per
-# reply, and packed with LoRA, in ROUNDS interleaved rounds (default 5): medians and ranges, one step
-# of each way profiled; writes benchmarks/results/train.json.
+# reply, and packed with LoRA, in ROUNDS rounds (default 3) whose steps take turns between the ways:
+# medians and ranges, one step of each way profiled; writes benchmarks/results/train.json.
 bench-train: setup
 	$(BIN)/python -m chatmill.bench.train $(if $(N),--conversations $(N)) $(if $(ROUNDS),--rounds $(ROUNDS)) \
 		$(if $(filter-out 0,$(TINY)),--tiny)

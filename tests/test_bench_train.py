@@ -154,3 +154,37 @@ def test_lora_keeps_a_fraction_of_the_optimizer_state_of_full_fine_tuning(
         steps = len(trainer.trainable)  # one fp32 step count per weight tensor
         assert bench_train.optimizer_state_bytes(trainer.optimizer) == 4 * (2 * weights + steps)
     assert sum(p.numel() for p in adapted.trainable) < sum(p.numel() for p in full.trainable) / 4
+
+
+class RecordingTrainer:
+    """Stands in for WayTrainer: records the order of steps across runs, one second each."""
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log, self.wall_s = name, log, 0.0
+
+    def step(self, batch: bench_train.MicroBatch) -> float:
+        self.log.append((self.name, int(batch.inputs["input_ids"][0, 0])))
+        self.wall_s += 1.0
+        return 0.0
+
+
+def labelled_batch(first_id: int, supervised: int) -> bench_train.MicroBatch:
+    """One row: first_id, then supervised tokens (labels set from the second token on)."""
+    ids = torch.tensor([[first_id] + [7] * supervised])
+    return bench_train.MicroBatch({"input_ids": ids, "labels": ids.clone()}, padding=0)
+
+
+def test_rounds_interleave_the_ways_step_by_step_and_count_what_each_trained():
+    batches = {"one": [labelled_batch(1, 4)], "three": [labelled_batch(n, 2) for n in (1, 2, 3)]}
+    log: list = []
+    trainers = {name: RecordingTrainer(name, log) for name in batches}
+    times = bench_train.run_rounds(trainers, batches, rounds=2)
+
+    timed = log[len(batches) :]  # after one untimed step each
+    assert timed[:6] == [("one", 1), ("three", 1), ("three", 2), ("one", 1), ("one", 1), ("three", 3)]
+    assert len(timed) == 2 * 3 * len(batches)
+    assert times["one"].steps == times["three"].steps == [3, 3]
+    assert times["one"].supervised_tokens == [12, 12]  # its one batch three times a round
+    assert times["three"].supervised_tokens == [6, 6]
+    assert times["one"].speeds() == [4.0, 4.0]
+    assert times["three"].step_seconds() == [1.0, 1.0]

@@ -25,11 +25,14 @@ applies them (chatmill/training.py, with_adapter): optimizer-state bytes and ste
 full fine-tuning.
 
 The context is the logbook's run's (presets/experiment-7.yaml shard.seq_len, 2048; --seq-len to
-change it). Timing runs in --rounds rounds: each round trains every way on all its micro batches
-once, the order of the ways rotated from round to round, so load from other processes and a warm
-or cold machine fall on every way alike. Printed: the median and min-max over the rounds of each
-way's supervised tokens/s and of each ratio (a ratio per round, both ways timed in it); the verdict
-uses the medians. Then one step of each way under torch.profiler: the share of its time in matmuls.
+change it). Timing runs in --rounds rounds, and within a round the ways take turns step by step:
+each trains its next micro batch in turn (the order rotated at every turn), a way with fewer micro
+batches going round its own again, until the way with the most has trained all of its. A slow
+spell of the machine, which on a shared 2-core VM lasts seconds to minutes, so falls on every way
+alike, and the ratio of two ways' speeds in a round compares steps taken side by side. Printed: the
+median and min-max over the rounds of each way's supervised tokens/s and of each ratio (a ratio per
+round); the verdict uses the medians. Then one step of each way under torch.profiler: the share of
+its time in matmuls.
 
 Data: the first --conversations conversations of a committed sample source (params.yaml
 `sources`, default community_logs: the PIPPA chat logs), parsed and normalised with the clean
@@ -75,7 +78,7 @@ LORA = "packed LoRA"  # the packed way's micro batches, train.lora adapters over
 GOAL_VS_PER_REPLY = 5.0
 GOAL_VS_PADDED = 1.5
 # A Llama of 4.3M parameters: on 2 cores at seq_len 2048 matmuls take 45-66% of a step and attention
-# kernels 21-35% more (each run profiles one step a way; docs/benchmarks.md), and 5 rounds over
+# kernels 21-35% more (each run profiles one step a way; docs/benchmarks.md), and 3 rounds over
 # DEFAULT_CONVERSATIONS take about 3 minutes. The vocabulary is the trained tokenizer's, as in
 # model.scratch.
 BENCH_MODEL = {
@@ -98,6 +101,22 @@ class MicroBatch:
 
     inputs: dict[str, torch.Tensor]
     padding: int
+
+
+@dataclass
+class RoundTimes:
+    """What each run did in each round: its wall seconds, the supervised tokens and the steps they trained."""
+
+    seconds: list[float]
+    supervised_tokens: list[int]
+    steps: list[int]
+
+    def speeds(self) -> list[float]:
+        pairs = zip(self.supervised_tokens, self.seconds, strict=True)
+        return [tokens / seconds for tokens, seconds in pairs]
+
+    def step_seconds(self) -> list[float]:
+        return [seconds / steps for seconds, steps in zip(self.seconds, self.steps, strict=True)]
 
 
 def read_conversations(path: Path, format_name: str, source: str) -> list[Conversation]:
@@ -299,20 +318,21 @@ def typical(batches: list[MicroBatch]) -> MicroBatch:
     return sorted(batches, key=lambda batch: batch.inputs["input_ids"].numel())[len(batches) // 2]
 
 
-def figures(counts: dict[str, int], round_seconds: list[float]) -> dict:
+def figures(counts: dict[str, int], times: RoundTimes) -> dict:
     return counts | {
         "forward_per_supervised": round(counts["forward_tokens"] / counts["supervised_tokens"], 3),
         "padding_fraction": round(counts["padding_tokens"] / counts["forward_tokens"], 4),
-        "supervised_tokens_per_s": spread([counts["supervised_tokens"] / s for s in round_seconds], 1),
-        "wall_s": spread(round_seconds),
+        "supervised_tokens_per_s": spread(times.speeds(), 1),
+        "round_s": spread(times.seconds),
+        "round_supervised_tokens": times.supervised_tokens,
     }
 
 
-def lora_figures(trainer: WayTrainer, steps: int, round_seconds: list[float]) -> dict:
+def lora_figures(trainer: WayTrainer, times: RoundTimes) -> dict:
     return {
         "trainable_parameters": sum(parameter.numel() for parameter in trainer.trainable),
         "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
-        "step_s": spread([seconds / steps for seconds in round_seconds], 3),
+        "step_s": spread(times.step_seconds(), 3),
     }
 
 
@@ -348,26 +368,31 @@ def build_trainers(model_config: dict, tokenizer, seed: int, train_params: dict,
     return trainers
 
 
-def run_rounds(trainers: dict, batches: dict, rounds: int) -> dict[str, list[float]]:
-    """Every run's seconds for all its micro batches, once per round, in round_orders' order.
-    One untimed step each first: kernels chosen and memory allocated."""
-    seconds: dict[str, list[float]] = {name: [] for name in trainers}
+def run_rounds(trainers: dict, batches: dict, rounds: int) -> dict[str, RoundTimes]:
+    """Every run's seconds and supervised tokens in each round, its steps interleaved with the other
+    runs' in round_orders' order (module docstring). One untimed step each first: kernels chosen and
+    memory allocated."""
+    turns = max(len(run_batches) for run_batches in batches.values())
+    supervised = {
+        name: [token_counts([batch])["supervised_tokens"] for batch in run_batches]
+        for name, run_batches in batches.items()
+    }
+    times = {name: RoundTimes([0.0] * rounds, [0] * rounds, [0] * rounds) for name in trainers}
     columns = (*Progress.get_default_columns(), "loss {task.fields[loss]:.3f}")
     with Progress(*columns, transient=True) as progress:
-        tasks = {
-            name: progress.add_task(name, total=rounds * len(batches[name]), loss=float("nan"))
-            for name in trainers
-        }
+        tasks = {name: progress.add_task(name, total=rounds * turns, loss=float("nan")) for name in trainers}
         for name, trainer in trainers.items():
             trainer.step(batches[name][0])
-        for order in round_orders(list(trainers), rounds):
+        for turn, order in enumerate(round_orders(list(trainers), rounds * turns)):
+            number = turn // turns
             for name in order:
-                trainer = trainers[name]
+                trainer, index = trainers[name], turn % len(batches[name])
                 trainer.wall_s = 0.0
-                for batch in batches[name]:
-                    progress.update(tasks[name], advance=1, loss=trainer.step(batch))
-                seconds[name].append(trainer.wall_s)
-    return seconds
+                progress.update(tasks[name], advance=1, loss=trainer.step(batches[name][index]))
+                times[name].seconds[number] += trainer.wall_s
+                times[name].supervised_tokens[number] += supervised[name][index]
+                times[name].steps[number] += 1
+    return times
 
 
 def print_report(result: dict) -> None:
@@ -393,7 +418,7 @@ def print_report(result: dict) -> None:
             spread_text(row["supervised_tokens_per_s"]),
             f"{row['forward_per_supervised']:.2f}",
             f"{row['padding_fraction']:.1%}",
-            f"{row['wall_s']['median']:.1f}",
+            f"{row['round_s']['median']:.1f}",
         )
     console.print(table)
     split = Table(title="one step under torch.profiler: share of its wall time")
@@ -442,7 +467,7 @@ def main() -> None:
         type=int,
         help=f"default: shard.seq_len of {REAL_RUN.relative_to(ROOT)}, the logbook's run",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of every way (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of every way (default 3)")
     parser.add_argument("--tiny", action="store_true", help="the tiny model.scratch instead of BENCH_MODEL")
     args = parser.parse_args()
     os.chdir(ROOT)
@@ -464,15 +489,13 @@ def main() -> None:
     )
     batches[LORA] = batches["packed"]
     trainers = build_trainers(model_config, tokenizer, seed, train_params, seq_len)
-    seconds = run_rounds(trainers, batches, args.rounds)
+    times = run_rounds(trainers, batches, args.rounds)
     profiles = {way: profile_step(trainers[way], typical(batches[way])) for way in WAYS}
 
-    results = {way: figures(token_counts(batches[way]), seconds[way]) for way in WAYS}
-    supervised = results["packed"]["supervised_tokens"]  # the same for every way (checked)
-    speeds = [{way: supervised / seconds[way][turn] for way in WAYS} for turn in range(args.rounds)]
+    results = {way: figures(token_counts(batches[way]), times[way]) for way in WAYS}
+    speeds = [{way: times[way].speeds()[number] for way in WAYS} for number in range(args.rounds)]
     vs_per_reply = spread(ratios(speeds, "packed", "per-reply"))
     vs_padded = spread(ratios(speeds, "packed", "padded"))
-    steps = len(batches["packed"])
     result = {
         "machine": machine(),
         "model": {
@@ -493,8 +516,8 @@ def main() -> None:
         "ratio_vs_padded": vs_padded,
         "profile": profiles,
         "lora": {
-            "full": lora_figures(trainers["packed"], steps, seconds["packed"]),
-            "LoRA": lora_figures(trainers[LORA], steps, seconds[LORA]) | {"lora": train_params["lora"]},
+            "full": lora_figures(trainers["packed"], times["packed"]),
+            "LoRA": lora_figures(trainers[LORA], times[LORA]) | {"lora": train_params["lora"]},
         },
         "goal": {
             "ratio_vs_per_reply": GOAL_VS_PER_REPLY,
