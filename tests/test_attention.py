@@ -82,6 +82,20 @@ def test_cpu_varlen_packing_is_exact(tiny_tokenizer):
     torch.testing.assert_close(packed_loss, alone_loss, atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_varlen_packing_in_bf16_is_exact_to_bf16_rounding(tiny_tokenizer):
+    """The CPU path in bf16 (train.bf16 with train.gpus 0, as a CPU run of a GPU preset): a packed
+    document's logits equal the document's alone to bf16 rounding, as training checks at start-up."""
+    model = scratch_model(SIZES, tiny_tokenizer, seed=0).eval().to(torch.bfloat16)
+    model.set_attn_implementation(attention.packed_attention(torch.device("cpu"), True, seq_len=2048))
+    assert model.config._attn_implementation == attention.VARLEN
+
+    def forward(**inputs) -> torch.Tensor:
+        return model(**inputs, use_cache=False).logits
+
+    error = attention.packing_error(forward, SIZES["vocab_size"], torch.device("cpu"), varlen=True)
+    assert error <= attention.PACKING_TOLERANCE[torch.bfloat16]
+
+
 def test_cpu_varlen_attention_sees_only_its_own_document(tiny_tokenizer):
     """Proof the comparison above can fail: with the earlier documents changed, the last document's
     packed logits stay the same under varlen, and change when the positions do not restart (one
