@@ -79,7 +79,7 @@ GOAL_VS_PER_REPLY = 5.0
 GOAL_VS_PADDED = 1.5
 # A Llama of 4.3M parameters: on 2 cores at seq_len 2048 matmuls take 45-66% of a step and attention
 # kernels 21-35% more (each run profiles one step a way; docs/benchmarks.md), and 3 rounds over
-# DEFAULT_CONVERSATIONS take about 3 minutes. The vocabulary is the trained tokenizer's, as in
+# DEFAULT_CONVERSATIONS take about 3.5 minutes. The vocabulary is the trained tokenizer's, as in
 # model.scratch.
 BENCH_MODEL = {
     "hidden_size": 384,
